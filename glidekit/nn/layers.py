@@ -1,0 +1,71 @@
+"""Small building blocks shared by the text transformer and the UNet."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm(32 groups, eps 1e-5) computed in float32, optionally followed by SiLU.
+
+    Half-precision models keep these in float32 (as the official fp16 conversion does); the output
+    has the input's dtype.
+    """
+
+    def __init__(self, num_channels: int, swish: bool = False, num_groups: int = 32) -> None:
+        super().__init__(num_groups=num_groups, num_channels=num_channels, eps=1e-5)
+        self.swish = swish
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.group_norm(
+            x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps
+        )
+        if self.swish:
+            y = F.silu(y)
+        return y.to(x.dtype)
+
+
+class LayerNorm32(nn.LayerNorm):
+    """LayerNorm (eps 1e-5) computed in float32; output in the input's dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.layer_norm(
+            x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps
+        )
+        return y.to(x.dtype)
+
+
+def timestep_embedding(
+    timesteps: torch.Tensor, dim: int, max_period: float = 10000.0
+) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps.
+
+    timesteps: (B,) -> (B, dim) float32, [cos(t * f_i), sin(t * f_i)] with
+    f_i = exp(-ln(max_period) * i / half), i < half (computed in float32, as the released models
+    were trained).
+    """
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period)
+        * torch.arange(half, dtype=torch.float32, device=timesteps.device)
+        / half
+    )
+    args = timesteps[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Softmax attention over (B, H, T, d) tensors with q and k each scaled by d^-1/4.
+
+    Scaling both operands (rather than the logits by 1/sqrt(d)) is how the released models
+    compute it; the product goes through torch's fused scaled_dot_product_attention.
+    """
+    scale = q.shape[-1] ** -0.25
+    return F.scaled_dot_product_attention(q * scale, k * scale, v, scale=1.0)
