@@ -1,0 +1,569 @@
+"""GLIDE's noise-aware CLIP: a ViT image encoder that also sees the diffusion timestep, a causal
+text transformer, and the CLIP-guidance gradient used by CLIP-guided sampling.
+
+Module and parameter names reproduce the released ``clip_image_enc.pt`` / ``clip_text_enc.pt``
+state dicts exactly (``blocks.input``, ``blocks.block_{i}``, ``blocks.output``; affine layers
+``w`` (out, in) / ``b``; layer norms ``g`` / ``b``), so those files load with ``strict=True``.
+
+Architecture (both encoders): pre-LN residual transformer blocks (LayerNorm eps 1e-5), attention
+with separate q/k/v projections (the key projection has no bias), each head a contiguous slice of
+width ``d``, q and k each scaled by ``d ** -0.25``, then an MLP 4x wide with exact (erf) GELU.
+The image encoder's attention is dense, the text encoder's is causal. The reference pads the
+context to a multiple of 32 with a -1e10 key bias; that changes no result and is skipped here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import CLIPConfig
+from .tokenizer import ClipTokenizer
+
+logger = logging.getLogger(__name__)
+
+# CLIP's per-channel pixel statistics (for pixels scaled to [0, 1]).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+LN_EPS = 1e-5
+
+CondFn = Callable[..., torch.Tensor]
+DeviceLike = torch.device | str | None
+
+
+def _factory(device: DeviceLike, dtype: torch.dtype | None) -> dict[str, Any]:
+    return {"device": device, "dtype": dtype}
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis with gain ``g`` and bias ``b`` (eps 1e-5)."""
+
+    def __init__(self, n_state: int, device: DeviceLike = None, dtype: torch.dtype | None = None):
+        super().__init__()
+        self.g = nn.Parameter(torch.ones(n_state, **_factory(device, dtype)))
+        self.b = nn.Parameter(torch.zeros(n_state, **_factory(device, dtype)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (x.shape[-1],), self.g, self.b, LN_EPS)
+
+
+class Affine(nn.Module):
+    """Linear map with weight ``w`` of shape (n_out, n_in) and optional bias ``b``."""
+
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        bias: bool = True,
+        device: DeviceLike = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        self.w = nn.Parameter(torch.empty(n_out, n_in, **_factory(device, dtype)))
+        self.b = nn.Parameter(torch.zeros(n_out, **_factory(device, dtype))) if bias else None
+        nn.init.normal_(self.w, std=n_in**-0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.w, self.b)
+
+
+class Attention(nn.Module):
+    """Pre-LN multi-head self-attention: ``f_c(attn(ln(x)))`` (the residual is added outside)."""
+
+    def __init__(
+        self,
+        n_head: int,
+        n_head_state: int,
+        causal: bool,
+        device: DeviceLike = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        n_state = n_head * n_head_state
+        self.n_head = n_head
+        self.n_head_state = n_head_state
+        self.causal = causal
+        self.ln = LayerNorm(n_state, device, dtype)
+        self.f_q = Affine(n_state, n_state, True, device, dtype)
+        self.f_k = Affine(n_state, n_state, False, device, dtype)
+        self.f_v = Affine(n_state, n_state, True, device, dtype)
+        self.f_c = Affine(n_state, n_state, True, device, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        h = self.ln(x)
+        # Each head owns a contiguous slice of width d; q and k are each scaled by d^-1/4.
+        scale = self.n_head_state**-0.25
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, n, self.n_head, self.n_head_state).transpose(1, 2)
+
+        q = heads(self.f_q(h) * scale)
+        k = heads(self.f_k(h) * scale)
+        v = heads(self.f_v(h))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, scale=1.0)
+        return self.f_c(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class MLP(nn.Module):
+    """Pre-LN MLP: ``f_2(gelu(f_1(ln(x))))``, hidden width 4x, exact erf GELU."""
+
+    def __init__(self, n_state: int, device: DeviceLike = None, dtype: torch.dtype | None = None):
+        super().__init__()
+        self.ln = LayerNorm(n_state, device, dtype)
+        self.f_1 = Affine(n_state, 4 * n_state, True, device, dtype)
+        self.f_2 = Affine(4 * n_state, n_state, True, device, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.f_2(F.gelu(self.f_1(self.ln(x))))
+
+
+class TransformerBlock(nn.Module):
+    """``x + f_attn(x)`` then ``x + f_mlp(x)``."""
+
+    def __init__(
+        self,
+        n_head: int,
+        n_head_state: int,
+        causal: bool,
+        device: DeviceLike = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        self.f_attn = Attention(n_head, n_head_state, causal, device, dtype)
+        self.f_mlp = MLP(n_head * n_head_state, device, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.f_attn(x)
+        return x + self.f_mlp(x)
+
+
+class ImageInput(nn.Module):
+    """Patch embedding (bias-free strided conv), prepended timestep token, positions, LayerNorm."""
+
+    def __init__(
+        self, config: CLIPConfig, device: DeviceLike = None, dtype: torch.dtype | None = None
+    ):
+        super().__init__()
+        n_state, p = config.n_state_image, config.patch_size
+        fk = _factory(device, dtype)
+        self.patch_size = p
+        self.w_t = nn.Parameter(torch.empty(config.n_timesteps, n_state, **fk))
+        self.patch_proj = nn.Parameter(torch.empty(n_state, 3, p, p, **fk))
+        self.w_pos = nn.Parameter(torch.empty(config.n_patches + 1, n_state, **fk))
+        self.ln = LayerNorm(n_state, device, dtype)
+        nn.init.normal_(self.w_t, std=0.02)
+        nn.init.normal_(self.patch_proj, std=(3 * p * p) ** -0.5)
+        nn.init.normal_(self.w_pos, std=0.02)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # [-1, 1] -> [0, 255] -> CLIP-normalised: (p - 255 * mean) / (255 * std).
+        mean = torch.tensor(CLIP_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        pixels = (x + 1) * 127.5
+        x = (pixels - 255 * mean) / (255 * std)
+        x = F.conv2d(x, self.patch_proj, stride=self.patch_size)  # (B, C, H/p, W/p)
+        x = x.flatten(2).transpose(1, 2)  # (B, n_patches, C), row-major patch order
+        x = torch.cat([self.w_t[t].unsqueeze(1), x], dim=1)
+        return self.ln(x + self.w_pos)
+
+
+class TextInput(nn.Module):
+    """Token embedding plus learned positions (no input LayerNorm)."""
+
+    def __init__(
+        self, config: CLIPConfig, device: DeviceLike = None, dtype: torch.dtype | None = None
+    ):
+        super().__init__()
+        fk = _factory(device, dtype)
+        self.w_voc = nn.Parameter(torch.empty(config.n_vocab, config.n_state_text, **fk))
+        self.w_pos = nn.Parameter(torch.empty(config.max_text_len, config.n_state_text, **fk))
+        nn.init.normal_(self.w_voc, std=0.02)
+        nn.init.normal_(self.w_pos, std=0.01)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.w_voc[tokens] + self.w_pos[: tokens.shape[1]]
+
+
+class Output(nn.Module):
+    """LayerNorm then a bias-free projection to the joint embedding space."""
+
+    def __init__(
+        self, n_state: int, n_embd: int, device: DeviceLike = None, dtype: torch.dtype | None = None
+    ):
+        super().__init__()
+        self.ln = LayerNorm(n_state, device, dtype)
+        self.f = Affine(n_state, n_embd, False, device, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.f(self.ln(x))
+
+
+def _build_blocks(
+    inp: nn.Module,
+    n_blocks: int,
+    n_head: int,
+    n_head_state: int,
+    causal: bool,
+    out: nn.Module,
+    device: DeviceLike,
+    dtype: torch.dtype | None,
+) -> nn.ModuleDict:
+    blocks: dict[str, nn.Module] = {"input": inp}
+    for i in range(n_blocks):
+        blocks[f"block_{i}"] = TransformerBlock(n_head, n_head_state, causal, device, dtype)
+    blocks["output"] = out
+    return nn.ModuleDict(blocks)
+
+
+def _is_int_tensor(t: torch.Tensor) -> bool:
+    return not t.dtype.is_floating_point and not t.dtype.is_complex and t.dtype != torch.bool
+
+
+def _check_range(name: str, t: torch.Tensor, low: int, high: int, what: str) -> None:
+    """Raise ValueError unless low <= t < high elementwise (skipped on the meta device)."""
+    if t.numel() == 0 or t.device.type == "meta":
+        return
+    lo, hi = int(t.min()), int(t.max())
+    if lo < low or hi >= high:
+        raise ValueError(
+            f"{name}: {what} must lie in [{low}, {high - 1}], got values in [{lo}, {hi}]"
+        )
+
+
+class ImageEncoder(nn.Module):
+    """Noise-aware CLIP image encoder (ViT, ``clip_image_enc.pt``).
+
+    ``forward(x, t)``: ``x`` (B, 3, image_size, image_size) noised images in [-1, 1] (the
+    diffusion's x_t), ``t`` (B,) integer ORIGINAL (unspaced) diffusion timesteps in
+    [0, n_timesteps). Returns the unnormalised image features (B, n_embd).
+    """
+
+    def __init__(
+        self,
+        config: CLIPConfig | None = None,
+        device: DeviceLike = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        self.config = config = config if config is not None else CLIPConfig()
+        self.blocks = _build_blocks(
+            ImageInput(config, device, dtype),
+            config.n_xf_blocks_image,
+            config.n_head_image,
+            config.n_head_state_image,
+            False,
+            Output(config.n_state_image, config.n_embd, device, dtype),
+            device,
+            dtype,
+        )
+
+    def check_inputs(
+        self, x: torch.Tensor, t: torch.Tensor, x_name: str = "x", t_name: str = "t"
+    ) -> None:
+        """Raise TypeError/ValueError naming the argument if ``x``/``t`` do not fit."""
+        size = self.config.image_size
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{x_name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != size or x.shape[3] != size:
+            raise ValueError(
+                f"{x_name}: expected images of shape (B, 3, {size}, {size}) in [-1, 1], "
+                f"got {tuple(x.shape)}; resize to {size}x{size} (the CLIP model's image_size)"
+            )
+        if not x.dtype.is_floating_point:
+            raise TypeError(f"{x_name} must be a floating-point tensor in [-1, 1], got {x.dtype}")
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(
+                f"{t_name} must be a torch.Tensor of shape (B,) with integer timesteps, "
+                f"got {type(t).__name__}"
+            )
+        if not _is_int_tensor(t):
+            raise TypeError(
+                f"{t_name} must hold integer (int64) diffusion timesteps, got dtype {t.dtype}"
+            )
+        if t.ndim != 1 or t.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"{t_name}: expected shape ({x.shape[0]},) (one timestep per image in "
+                f"{x_name}), got {tuple(t.shape)}"
+            )
+        _check_range(t_name, t, 0, self.config.n_timesteps, "original (unspaced) timesteps")
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.check_inputs(x, t)
+        return self._encode(x, t)
+
+    def _encode(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """forward without input checks (callers have checked)."""
+        param = self.blocks["input"].w_t
+        h = self.blocks["input"](x.to(param.dtype), t.to(param.device))
+        for i in range(self.config.n_xf_blocks_image):
+            h = self.blocks[f"block_{i}"](h)
+        return self.blocks["output"](h[:, 0])
+
+
+class TextEncoder(nn.Module):
+    """CLIP text encoder (causal transformer, ``clip_text_enc.pt``).
+
+    ``forward(tokens, lens)``: ``tokens`` (B, L) int64 ids with L <= max_text_len (77) as made
+    by :meth:`ClipTokenizer.padded_tokens_and_len`; ``lens`` (B,) number of real tokens
+    including start and end. The feature is read at position ``lens - 1`` (the end token).
+    Returns the unnormalised text features (B, n_embd).
+    """
+
+    def __init__(
+        self,
+        config: CLIPConfig | None = None,
+        device: DeviceLike = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        self.config = config = config if config is not None else CLIPConfig()
+        self.blocks = _build_blocks(
+            TextInput(config, device, dtype),
+            config.n_xf_blocks_text,
+            config.n_head_text,
+            config.n_head_state_text,
+            True,
+            Output(config.n_state_text, config.n_embd, device, dtype),
+            device,
+            dtype,
+        )
+
+    def check_inputs(self, tokens: torch.Tensor, lens: torch.Tensor) -> None:
+        """Raise TypeError/ValueError naming the argument if ``tokens``/``lens`` do not fit."""
+        ctx = self.config.max_text_len
+        for name, value in (("tokens", tokens), ("lens", lens)):
+            if not isinstance(value, torch.Tensor) or not _is_int_tensor(value):
+                raise TypeError(f"{name} must be an integer (int64) torch.Tensor")
+        if tokens.ndim != 2 or not 1 <= tokens.shape[1] <= ctx or tokens.shape[0] == 0:
+            raise ValueError(
+                f"tokens: expected shape (B, {ctx}) with B >= 1, got {tuple(tokens.shape)}"
+            )
+        if lens.shape != (tokens.shape[0],):
+            raise ValueError(
+                f"lens: expected shape ({tokens.shape[0]},) (one length per row of tokens), "
+                f"got {tuple(lens.shape)}"
+            )
+        _check_range("tokens", tokens, 0, self.config.n_vocab, "token ids")
+        _check_range("lens", lens, 1, tokens.shape[1] + 1, "lengths (start + text + end)")
+
+    def forward(self, tokens: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        self.check_inputs(tokens, lens)
+        device = self.blocks["input"].w_voc.device
+        tokens, lens = tokens.to(device), lens.to(device)
+        h = self.blocks["input"](tokens)
+        for i in range(self.config.n_xf_blocks_text):
+            h = self.blocks[f"block_{i}"](h)
+        h = h[torch.arange(h.shape[0], device=device), lens - 1]
+        return self.blocks["output"](h)
+
+
+def _l2_normalize(z: torch.Tensor) -> torch.Tensor:
+    return z / (torch.linalg.vector_norm(z, dim=-1, keepdim=True) + 1e-12)
+
+
+def _check_grad_scale(grad_scale: Any) -> float:
+    if isinstance(grad_scale, torch.Tensor) and grad_scale.numel() == 1:
+        grad_scale = grad_scale.item()
+    if isinstance(grad_scale, bool) or not isinstance(grad_scale, numbers.Real):
+        raise TypeError(f"grad_scale must be a real number, got {type(grad_scale).__name__}")
+    value = float(grad_scale)
+    if not math.isfinite(value):
+        raise ValueError(f"grad_scale must be finite, got {value}; pass e.g. grad_scale=1.0")
+    return value
+
+
+def _usable(t: torch.Tensor) -> torch.Tensor:
+    """A tensor autograd may save: inference-mode tensors are cloned into ordinary ones."""
+    return t.clone() if t.is_inference() else t
+
+
+class NoisedCLIP(nn.Module):
+    """Noise-aware CLIP: image and text encoders, ``logit_scale`` and the guidance function.
+
+    Attributes: ``image_encoder`` (:class:`ImageEncoder`), ``text_encoder``
+    (:class:`TextEncoder`), ``logit_scale`` (float32 scalar buffer, ``log(config.logit_scale)``,
+    not part of any checkpoint), ``config``. The tokenizer is loaded on first use of a text
+    prompt (from the default vocabulary location unless one was given).
+    """
+
+    def __init__(
+        self,
+        config: CLIPConfig | None = None,
+        device: DeviceLike = None,
+        tokenizer: ClipTokenizer | str | os.PathLike[str] | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        if config is None:
+            config = CLIPConfig()
+        if not isinstance(config, CLIPConfig):
+            raise TypeError(
+                f"config must be a CLIPConfig (use CLIPConfig.from_dict for a dict), "
+                f"got {type(config).__name__}"
+            )
+        if tokenizer is not None and not isinstance(tokenizer, (ClipTokenizer, str, os.PathLike)):
+            raise TypeError(
+                "tokenizer must be a ClipTokenizer, a path to bpe_simple_vocab_16e6.txt.gz or "
+                f"None, got {type(tokenizer).__name__}"
+            )
+        self.config = config
+        self.image_encoder = ImageEncoder(config, device, dtype)
+        self.text_encoder = TextEncoder(config, device, dtype)
+        self.register_buffer(
+            "logit_scale",
+            torch.tensor(math.log(config.logit_scale), dtype=torch.float32, device=device),
+            persistent=False,
+        )
+        self._tokenizer = tokenizer
+
+    @property
+    def tokenizer(self) -> ClipTokenizer:
+        """The CLIP tokenizer (loaded on first access; FileNotFoundError if the vocab is absent)."""
+        if not isinstance(self._tokenizer, ClipTokenizer):
+            self._tokenizer = ClipTokenizer(self._tokenizer)
+        return self._tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.image_encoder.blocks["input"].w_t.device
+
+    def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts -> (tokens (B, max_text_len) int64, lens (B,) int64) on the model's device."""
+        if isinstance(prompts, str):
+            raise TypeError(
+                "prompts must be a list of strings, not a single str; wrap it: [prompt]"
+            )
+        if not isinstance(prompts, Sequence) or not all(isinstance(p, str) for p in prompts):
+            raise TypeError("prompts must be a list of strings")
+        if len(prompts) == 0:
+            raise ValueError("prompts: empty list; pass at least one prompt")
+        rows, lens = self.tokenizer.tokenize(prompts, self.config.max_text_len)
+        return (
+            torch.tensor(rows, dtype=torch.long, device=self.device),
+            torch.tensor(lens, dtype=torch.long, device=self.device),
+        )
+
+    def text_embeddings(
+        self, prompts: Sequence[str] | torch.Tensor, lens: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """L2-normalised text embeddings (B, n_embd) (divided by norm + 1e-12).
+
+        ``prompts``: a list of B strings, or a token tensor (B, max_text_len) int64 from
+        :meth:`tokenize`. With tokens, ``lens`` (B,) gives the real lengths; when omitted it is
+        taken as one past the last non-zero token (padding is 0 and the end token is non-zero).
+        """
+        if isinstance(prompts, torch.Tensor):
+            tokens = prompts
+            if lens is None:
+                if tokens.ndim != 2 or not _is_int_tensor(tokens):
+                    raise ValueError(
+                        f"prompts: a token tensor must be 2-D int64 (B, "
+                        f"{self.config.max_text_len}), got {tuple(tokens.shape)} {tokens.dtype}"
+                    )
+                positions = torch.arange(1, tokens.shape[1] + 1, device=tokens.device)
+                lens = ((tokens != 0) * positions).amax(dim=1)
+        else:
+            if lens is not None:
+                raise ValueError("lens: only valid with a token tensor; omit it for text prompts")
+            tokens, lens = self.tokenize(prompts)
+        return _l2_normalize(self.text_encoder(tokens, lens))
+
+    def image_embeddings(self, images: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image embeddings (B, n_embd) (divided by norm + 1e-12).
+
+        ``images``: (B, 3, image_size, image_size) noised images in [-1, 1]; ``t``: (B,) int64
+        original (unspaced) diffusion timesteps.
+        """
+        self.image_encoder.check_inputs(images, t, "images", "t")
+        return _l2_normalize(self.image_encoder._encode(images, t))
+
+    def cond_fn(self, prompts: Sequence[str] | torch.Tensor, grad_scale: float) -> CondFn:
+        """Build a CLIP-guidance function for a sampler.
+
+        Returns ``cond_fn(x, t, **model_kwargs) -> grad`` with ``x`` (N, 3, S, S) in [-1, 1]
+        (x_t), ``t`` (N,) int64 ORIGINAL (unspaced) timesteps, and ``grad`` of x's shape and
+        dtype: ``grad_scale * d/dx [exp(logit_scale) * sum(z_text * z_image(x, t))]``. Model
+        kwargs are accepted and ignored. Samplers add it as ``mean + variance * grad``
+        (ancestral) or use it as a score (DDIM: ``eps - sqrt(1 - abar) * grad``).
+
+        The B text embeddings are computed once, here. ``N`` must be a multiple of B: the text
+        embeddings are tiled, so row ``i`` of ``x`` is guided towards prompt ``i % B``. This fits
+        glidekit's classifier-free-guidance batch ``[conditional rows; unconditional rows]``
+        (N = 2B, both halves in prompt order); the plain case is N = B.
+
+        ``prompts``: B strings (or a token tensor, see :meth:`text_embeddings`); ``grad_scale``:
+        finite real number.
+        """
+        scale = _check_grad_scale(grad_scale)
+        with torch.no_grad():
+            z_text = self.text_embeddings(prompts).detach()
+        n_text = z_text.shape[0]
+        image_encoder = self.image_encoder
+        logit_scale = self.logit_scale
+
+        def cond_fn(x: torch.Tensor, t: torch.Tensor, **model_kwargs: Any) -> torch.Tensor:
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+            if x.ndim < 1 or x.shape[0] % n_text:
+                raise ValueError(
+                    f"x: batch of {tuple(x.shape)[:1]} rows is not a multiple of the "
+                    f"{n_text} prompt(s) given to cond_fn; use B or k*B rows "
+                    "(e.g. [conditional; unconditional] under classifier-free guidance)"
+                )
+            image_encoder.check_inputs(x, t, "x", "t")
+            with torch.inference_mode(False), torch.enable_grad():
+                x_in = _usable(x.detach()).requires_grad_(True)
+                z_t = _usable(z_text)
+                if x.shape[0] != n_text:
+                    z_t = z_t.repeat(x.shape[0] // n_text, 1)
+                z_i = _l2_normalize(image_encoder._encode(x_in, _usable(t)))
+                loss = torch.exp(_usable(logit_scale)) * (z_t.to(z_i.dtype) * z_i).sum()
+                (grad,) = torch.autograd.grad(loss, x_in)
+            return grad * scale
+
+        return cond_fn
+
+
+def create_clip_model(
+    config: CLIPConfig | dict[str, Any] | None = None,
+    device: DeviceLike = None,
+    tokenizer: ClipTokenizer | str | os.PathLike[str] | None = None,
+) -> NoisedCLIP:
+    """Build a :class:`NoisedCLIP` (random weights; load the released state dicts into
+    ``.image_encoder`` / ``.text_encoder`` with ``load_state_dict``).
+
+    ``config``: a :class:`CLIPConfig`, a config.yaml-style dict, or ``None`` for the released
+    model. ``device``: where to allocate the parameters (``"meta"`` builds without memory).
+    ``tokenizer``: a :class:`ClipTokenizer`, a path to ``bpe_simple_vocab_16e6.txt.gz``, or
+    ``None`` to load it from the glidekit cache on first use.
+    """
+    if isinstance(config, dict):
+        config = CLIPConfig.from_dict(config)
+    model = NoisedCLIP(config, device=device, tokenizer=tokenizer)
+    logger.debug("built noised CLIP on %s", model.device)
+    return model.eval()
+
+
+__all__ = [
+    "Affine",
+    "Attention",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "CondFn",
+    "ImageEncoder",
+    "LayerNorm",
+    "MLP",
+    "NoisedCLIP",
+    "TextEncoder",
+    "TransformerBlock",
+    "create_clip_model",
+]
