@@ -1,0 +1,205 @@
+"""The checkpoint cache: where it lives, atomic writes, and the sha256 manifest."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV = "GLIDEKIT_CACHE"
+OFFLINE_ENV = "GLIDEKIT_OFFLINE"
+MANIFEST_NAME = "manifest.json"
+_MANIFEST_VERSION = 1
+_HASH_CHUNK = 8 << 20
+
+
+def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """The cache directory (absolute; created on first write, not here).
+
+    Order: ``override``, ``$GLIDEKIT_CACHE``, ``$XDG_CACHE_HOME/glidekit`` (if absolute),
+    ``~/.cache/glidekit``. Never the working directory.
+    """
+    if override is not None and str(override) != "":
+        return Path(override).expanduser().absolute()
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser().absolute()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and Path(xdg).expanduser().is_absolute():
+        return Path(xdg).expanduser() / "glidekit"
+    return Path.home() / ".cache" / "glidekit"
+
+
+def offline() -> bool:
+    """True when ``GLIDEKIT_OFFLINE`` is set to a true value (1, true, yes, on)."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``dest``; on success fsync it and ``os.replace`` it over
+    ``dest``; on error remove it. Readers see either the old file or the complete new one."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # A unique name opened with O_EXCL (not mkstemp, so the final file gets umask permissions).
+    tmp = dest.parent / f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    with open(tmp, "xb"):
+        pass
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Best-effort fsync of a directory so a rename survives a crash (no-op where unsupported)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """What the manifest knows about one file."""
+
+    size: int
+    sha256: str | None = None
+    source: str | None = None
+    recorded_at: str = ""
+
+
+class Manifest:
+    """``manifest.json`` in a cache directory: size and sha256 of each file, keyed by path.
+
+    Files inside the cache directory are keyed by their relative path, others by their absolute
+    path. Every update is a locked read-modify-write followed by an atomic replace, so concurrent
+    processes never see or produce a half-written manifest.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / MANIFEST_NAME
+
+    def key(self, file: str | os.PathLike[str]) -> str:
+        """Manifest key of ``file``."""
+        file = Path(file).absolute()
+        try:
+            return file.relative_to(self.directory.absolute()).as_posix()
+        except ValueError:
+            return str(file)
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            logger.warning("ignoring unreadable checkpoint manifest %s (%s)", self.path, exc)
+            return {}
+        files = data.get("files") if isinstance(data, dict) else None
+        return files if isinstance(files, dict) else {}
+
+    def get(self, file: str | os.PathLike[str]) -> ManifestEntry | None:
+        """The recorded entry of ``file``, or None."""
+        raw = self._read().get(self.key(file))
+        if not isinstance(raw, dict) or not isinstance(raw.get("size"), int):
+            return None
+        return ManifestEntry(
+            size=raw["size"],
+            sha256=raw.get("sha256"),
+            source=raw.get("source"),
+            recorded_at=str(raw.get("recorded_at", "")),
+        )
+
+    @contextlib.contextmanager
+    def _update(self) -> Iterator[dict[str, Any]]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.path) + ".lock"):
+            files = self._read()
+            yield files
+            payload = {"version": _MANIFEST_VERSION, "files": files}
+            with atomic_path(self.path) as tmp:
+                tmp.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+
+    def record(
+        self,
+        file: str | os.PathLike[str],
+        *,
+        sha256: str | None,
+        size: int | None = None,
+        source: str | None = None,
+    ) -> ManifestEntry:
+        """Record ``file`` (its current size unless given) and return the entry."""
+        entry = ManifestEntry(
+            size=Path(file).stat().st_size if size is None else size,
+            sha256=sha256,
+            source=source,
+            recorded_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        )
+        with self._update() as files:
+            files[self.key(file)] = asdict(entry)
+        return entry
+
+    def forget(self, file: str | os.PathLike[str]) -> None:
+        """Remove the entry of ``file`` if there is one."""
+        key = self.key(file)
+        if key not in self._read():
+            return
+        with self._update() as files:
+            files.pop(key, None)
+
+
+def is_inside(path: str | os.PathLike[str], directory: str | os.PathLike[str]) -> bool:
+    """True when ``path`` lies inside ``directory`` (after resolving symlinks)."""
+    try:
+        Path(path).resolve().relative_to(Path(directory).resolve())
+    except ValueError:
+        return False
+    return True
+
+
+__all__ = [
+    "CACHE_ENV",
+    "MANIFEST_NAME",
+    "Manifest",
+    "ManifestEntry",
+    "OFFLINE_ENV",
+    "atomic_path",
+    "cache_dir",
+    "is_inside",
+    "offline",
+    "sha256_file",
+]

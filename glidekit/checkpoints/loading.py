@@ -1,0 +1,394 @@
+"""Safe, verified loading of checkpoints into state dicts and modules, and conversion.
+
+Nothing is ever unpickled beyond tensors: ``.pt`` files go through
+``torch.load(..., weights_only=True)``, and ``.safetensors`` (preferred wherever present) through
+``safetensors``. Before a model is touched, a file is checked against the cache manifest (size and
+sha256) and its ``{key: shape}`` against the expected layout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from glidekit.checkpoints import cache as _cache
+from glidekit.checkpoints.cache import Manifest, atomic_path, is_inside, sha256_file
+from glidekit.checkpoints.download import fetch, local_checkpoint_path, preferred_files
+from glidekit.checkpoints.errors import (
+    ChangedCheckpointError,
+    CheckpointError,
+    CorruptCheckpointError,
+    UnsafeCheckpointError,
+)
+from glidekit.checkpoints.layout import Layout, check_layout, expected_layout, released_layout
+from glidekit.checkpoints.registry import CheckpointInfo, lookup
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+
+
+def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file into CPU tensors, safely and without any checks of its layout.
+
+    ``.safetensors`` files are read with ``safetensors``; anything else with
+    ``torch.load(map_location="cpu", weights_only=True)`` (memory-mapped when the file is a zip
+    archive). Raises :class:`UnsafeCheckpointError` for pickles holding anything but tensors and
+    plain containers (never executing them), :class:`CorruptCheckpointError` for anything
+    unreadable.
+    """
+    path = Path(path)
+    try:
+        if path.name.endswith(".safetensors"):
+            obj: Any = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(
+                path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+            )
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
+            reason = str(exc).strip().splitlines()[0]
+            raise UnsafeCheckpointError(
+                f"refusing to load {path}: it contains pickled Python objects other than tensors, "
+                "which could run arbitrary code when unpickled, so it was not unpickled "
+                f"(torch.load weights_only=True: {reason}). glidekit only loads plain state "
+                "dicts; if the file is meant to be a released checkpoint, delete it and "
+                "download it again."
+            ) from exc
+        raise _corrupt(path, exc) from exc
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # any reader failure means the file is unusable
+        raise _corrupt(path, exc) from exc
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise CorruptCheckpointError(
+            f"{path} is not a checkpoint: expected a plain state dict (str -> tensor), got "
+            f"{type(obj).__name__}"
+        )
+    return dict(obj)
+
+
+def _corrupt(path: Path, exc: BaseException) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}. The file is truncated or "
+        "corrupt (or not a checkpoint); delete it and download it again."
+    )
+
+
+def read_layout(path: PathLike) -> Layout | None:
+    """``{key: shape}`` from a safetensors header without reading the data (None for ``.pt``)."""
+    path = Path(path)
+    if not path.name.endswith(".safetensors"):
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:  # unreadable header
+        raise _corrupt(path, exc) from exc
+
+
+def _default_layout(name: str) -> Layout | None:
+    """Released layout of ``name``; None (kind check only) when the model code is missing."""
+    try:
+        return released_layout(name)
+    except ImportError as exc:
+        logger.debug("no model code to build the %s layout (%s); checking its kind only", name, exc)
+        return None
+
+
+def _load_checked(
+    path: Path,
+    *,
+    expected: Any,
+    name: str | None,
+    cache: Path,
+    verify: bool | None,
+) -> dict[str, torch.Tensor]:
+    """Integrity check (manifest), layout check, then the tensors (CPU)."""
+    manifest = Manifest(cache)
+    in_cache = is_inside(path, cache)
+    entry = manifest.get(path)
+    track = verify is True or (verify is None and in_cache)
+    digest: str | None = None
+    if track and entry is not None:
+        size = path.stat().st_size
+        if size != entry.size:
+            what = (
+                f"{path} has {size} bytes but {entry.size} were recorded when it was "
+                f"{'downloaded' if entry.source else 'first loaded'} ({entry.recorded_at})"
+            )
+            if in_cache:
+                raise CorruptCheckpointError(
+                    f"{what}: it is truncated or was replaced; delete it and download it again."
+                )
+            raise ChangedCheckpointError(
+                f"{what}: the file changed on disk. Load it with verify=False to accept and "
+                "re-record it."
+            )
+        digest = sha256_file(path)
+        if entry.sha256 and digest != entry.sha256:
+            raise ChangedCheckpointError(
+                f"{path} changed on disk since it was recorded ({entry.recorded_at}): sha256 "
+                f"is {digest}, recorded {entry.sha256}. If you replaced it on purpose, load it "
+                "with verify=False to accept and re-record it; otherwise delete it and download "
+                "it again."
+            )
+    if expected is not None:
+        layout: Layout | None = expected_layout(expected)
+    elif name is not None:
+        layout = _default_layout(name)
+    else:
+        layout = None
+    header = read_layout(path)
+    if header is not None:
+        check_layout(header, layout, file=path, name=name)
+    tensors = read_state_dict(path)
+    if header is None:
+        check_layout({k: tuple(v.shape) for k, v in tensors.items()}, layout, file=path, name=name)
+    if in_cache or verify is True or entry is not None:
+        if verify is False or entry is None or not entry.sha256:
+            manifest.record(
+                path,
+                sha256=digest or sha256_file(path),
+                source=entry.source if entry is not None else None,
+            )
+    return tensors
+
+
+def _released_source(
+    info: CheckpointInfo, cache: Path, *, prefer_safetensors: bool, fetch_kwargs: dict[str, Any]
+) -> Path:
+    """The file to load for a released name: a cached conversion if any, else the official
+    file (downloaded if needed)."""
+    if prefer_safetensors:
+        for candidate in preferred_files(cache, info.stem)[:2]:
+            if candidate.is_file():
+                return candidate
+    return fetch(info.name, cache_dir=cache, **fetch_kwargs)
+
+
+def _load_released(
+    info: CheckpointInfo,
+    *,
+    cache: Path,
+    expected: Any,
+    verify: bool | None,
+    prefer_safetensors: bool,
+    fetch_kwargs: dict[str, Any],
+) -> tuple[Path, dict[str, torch.Tensor]]:
+    """Load a released checkpoint; a corrupt or truncated cached file is deleted and fetched
+    again once (unless offline)."""
+    path = _released_source(
+        info, cache, prefer_safetensors=prefer_safetensors, fetch_kwargs=fetch_kwargs
+    )
+    try:
+        return path, _load_checked(
+            path, expected=expected, name=info.name, cache=cache, verify=verify
+        )
+    except CorruptCheckpointError as exc:
+        if _cache.offline() or not is_inside(path, cache):
+            raise
+        logger.warning("%s; deleting it and fetching it again", exc)
+        path.unlink(missing_ok=True)
+        Manifest(cache).forget(path)
+    path = _released_source(
+        info, cache, prefer_safetensors=prefer_safetensors, fetch_kwargs=fetch_kwargs
+    )
+    return path, _load_checked(path, expected=expected, name=info.name, cache=cache, verify=verify)
+
+
+def load_state_dict(
+    name_or_path: PathLike,
+    *,
+    checkpoint: str | None = None,
+    expected: Any = None,
+    device: torch.device | str = "cpu",
+    cache_dir: PathLike | None = None,
+    verify: bool | None = None,
+    progress: bool = True,
+    url: str | None = None,
+    prefer_safetensors: bool = True,
+    **fetch_kwargs: Any,
+) -> dict[str, torch.Tensor]:
+    """Load a checkpoint as a state dict, after checking it is intact and of the right layout.
+
+    Args:
+        name_or_path: a released name (``"base"``, ...; downloaded into the cache if needed), a
+            ``.pt`` / ``.safetensors`` file, or a directory holding one.
+        checkpoint: the released checkpoint a local file or directory is supposed to be (picks
+            the file in a directory, and its layout is what is expected).
+        expected: the expected layout: a module (e.g. built on the meta device), a config,
+            ``checkpoint_specs.json``-like data, or ``{key: shape}``. Default for released
+            names: the released layout (see :func:`~glidekit.checkpoints.released_layout`);
+            otherwise only the file's readability is checked.
+        device: device of the returned tensors.
+        cache_dir: cache directory (default ``$GLIDEKIT_CACHE`` / ``~/.cache/glidekit``).
+        verify: ``None`` (default): check files in the cache against the size and sha256 in the
+            cache manifest, recording them the first time they load; ``True``: do so for any
+            file; ``False``: skip the check and re-record the file as it is now (to accept a
+            file you replaced on purpose).
+        progress: show a progress bar if a download is needed.
+        url: download URL override for a released name.
+        prefer_safetensors: for released names, use a converted ``<stem>.safetensors`` (then
+            ``<stem>.fp16.safetensors``) in the cache when present.
+        **fetch_kwargs: ``retries``, ``backoff``, ``timeout``, ``lock_timeout`` of :func:`fetch`.
+
+    Raises:
+        CheckpointError: with a message naming the file, for every failure (see the subclasses).
+    """
+    cache = _cache.cache_dir(cache_dir)
+    info = lookup(str(name_or_path))
+    if info is not None:
+        _, tensors = _load_released(
+            info,
+            cache=cache,
+            expected=expected,
+            verify=verify,
+            prefer_safetensors=prefer_safetensors,
+            fetch_kwargs={"progress": progress, "url": url, **fetch_kwargs},
+        )
+    else:
+        path = local_checkpoint_path(name_or_path, checkpoint)
+        name = lookup(checkpoint).name if checkpoint and lookup(checkpoint) else None
+        tensors = _load_checked(path, expected=expected, name=name, cache=cache, verify=verify)
+    if torch.device(device) != torch.device("cpu"):
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+    return tensors
+
+
+def load_into(
+    module: torch.nn.Module,
+    name_or_path: PathLike,
+    *,
+    checkpoint: str | None = None,
+    cache_dir: PathLike | None = None,
+    verify: bool | None = None,
+    progress: bool = True,
+    url: str | None = None,
+    **fetch_kwargs: Any,
+) -> torch.nn.Module:
+    """Load a checkpoint into ``module`` (strictly) and return the module.
+
+    The file's ``{key: shape}`` is checked against ``module.state_dict()`` first, so a wrong,
+    truncated or unsafe file raises :class:`CheckpointError` and leaves the module untouched.
+    A module on the ``meta`` device gets the loaded tensors assigned (``assign=True``).
+    Other arguments as in :func:`load_state_dict`.
+    """
+    tensors = load_state_dict(
+        name_or_path,
+        checkpoint=checkpoint,
+        expected=module,
+        cache_dir=cache_dir,
+        verify=verify,
+        progress=progress,
+        url=url,
+        **fetch_kwargs,
+    )
+    assign = any(t.is_meta for t in module.state_dict().values())
+    module.load_state_dict(tensors, strict=True, assign=assign)
+    return module
+
+
+def convert(
+    name_or_path: PathLike,
+    fp16: bool = False,
+    *,
+    checkpoint: str | None = None,
+    output: PathLike | None = None,
+    expected: Any = None,
+    cache_dir: PathLike | None = None,
+    verify: bool | None = None,
+    progress: bool = True,
+    url: str | None = None,
+    **fetch_kwargs: Any,
+) -> Path:
+    """Write a ``.safetensors`` copy of a checkpoint next to it (atomically) and return its path.
+
+    For a released name the official file is fetched into the cache if needed and the copy is
+    ``<cache>/<stem>.safetensors`` (``<stem>.fp16.safetensors`` with ``fp16=True``: floating
+    tensors stored as float16); later loads of that name prefer it. For a local file the copy
+    goes next to it. The source is validated exactly as :func:`load_state_dict` does.
+    """
+    cache = _cache.cache_dir(cache_dir)
+    info = lookup(str(name_or_path))
+    suffix = ".fp16.safetensors" if fp16 else ".safetensors"
+    if info is not None:
+        source, tensors = _load_released(
+            info,
+            cache=cache,
+            expected=expected,
+            verify=verify,
+            prefer_safetensors=False,
+            fetch_kwargs={"progress": progress, "url": url, **fetch_kwargs},
+        )
+        dest = Path(output) if output is not None else cache / f"{info.stem}{suffix}"
+        name: str | None = info.name
+    else:
+        source = local_checkpoint_path(name_or_path, checkpoint)
+        name = lookup(checkpoint).name if checkpoint and lookup(checkpoint) else None
+        tensors = _load_checked(source, expected=expected, name=name, cache=cache, verify=verify)
+        stem = source.name
+        for ext in (".fp16.safetensors", ".safetensors", ".pt", ".pth", ".bin"):
+            if stem.endswith(ext):
+                stem = stem[: -len(ext)]
+                break
+        dest = Path(output) if output is not None else source.with_name(stem + suffix)
+    if dest.absolute() == source.absolute():
+        raise CheckpointError(f"{source} is already a {suffix} file; nothing to convert")
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, value in tensors.items():
+        if fp16 and value.is_floating_point():
+            value = value.to(torch.float16)
+        value = value.contiguous()
+        if value.untyped_storage().data_ptr() in seen:  # safetensors refuses shared storage
+            value = value.clone()
+        seen.add(value.untyped_storage().data_ptr())
+        out[key] = value
+    metadata = {
+        "format": "pt",
+        "glidekit.source": source.name,
+        "glidekit.dtype": "float16" if fp16 else "original",
+    }
+    if name is not None:
+        metadata["glidekit.checkpoint"] = name
+    with atomic_path(dest) as tmp:
+        save_file(out, str(tmp), metadata=metadata)
+    if is_inside(dest, cache) or verify is True:
+        Manifest(cache).record(dest, sha256=sha256_file(dest), source=str(source))
+    logger.info("wrote %s (from %s)", dest, source)
+    return dest
+
+
+def compat_load_checkpoint(
+    checkpoint_name: str,
+    device: torch.device | str,
+    cache_dir: str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Drop-in for the official ``load_checkpoint(checkpoint_name, device, cache_dir)``.
+
+    Same names and return value (a state dict on ``device``), but cached in glidekit's cache
+    (not the working directory), resumable, verified and never unpickling code.
+    """
+    return load_state_dict(checkpoint_name, device=device, cache_dir=cache_dir)
+
+
+__all__ = [
+    "compat_load_checkpoint",
+    "convert",
+    "load_into",
+    "load_state_dict",
+    "read_layout",
+    "read_state_dict",
+]
