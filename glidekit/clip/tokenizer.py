@@ -34,8 +34,12 @@ _WHITESPACE = regex.compile(r"\s+")
 
 
 def default_cache_dir() -> Path:
-    """The glidekit cache directory: ``$GLIDEKIT_CACHE`` or ``~/.cache/glidekit``."""
-    return Path(os.environ.get("GLIDEKIT_CACHE", Path.home() / ".cache" / "glidekit"))
+    """The glidekit cache directory: ``$GLIDEKIT_CACHE`` (if set and non-empty) or
+    ``~/.cache/glidekit``."""
+    env = os.environ.get("GLIDEKIT_CACHE")
+    if env:
+        return Path(env).expanduser().absolute()
+    return Path.home() / ".cache" / "glidekit"
 
 
 def default_vocab_path() -> Path:
