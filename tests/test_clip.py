@@ -287,3 +287,11 @@ def test_attention_matches_explicit_q_and_k_scaling(causal) -> None:
         expected = attn.f_c(out)
         actual = attn(x)
     assert rel_err(actual, expected) < 1e-5
+
+
+def test_cond_fn_keeps_input_dtype(clip, golden) -> None:
+    meta, tensors = golden
+    x = tensors["in.images"].double()
+    grad = clip.cond_fn(meta["prompts"], 1.0)(x, tensors["in.timesteps"])
+    assert grad.dtype == torch.float64 and grad.shape == x.shape
+    assert rel_err(grad.float(), tensors["out.cond_fn_grad_scale1"]) < 1e-4

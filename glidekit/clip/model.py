@@ -303,7 +303,7 @@ class ImageEncoder(nn.Module):
     def _encode(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """forward without input checks (callers have checked)."""
         param = self.blocks["input"].w_t
-        h = self.blocks["input"](x.to(param.dtype), t.to(param.device))
+        h = self.blocks["input"](x.to(param.device, param.dtype), t.to(param.device))
         for i in range(self.config.n_xf_blocks_image):
             h = self.blocks[f"block_{i}"](h)
         return self.blocks["output"](h[:, 0])

@@ -739,6 +739,7 @@ class ShapesIterableDataset(IterableDataset):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose streams the next iteration produces."""
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[dict]:

@@ -131,12 +131,25 @@ def _split_key(name: str) -> tuple[str, str]:
     return name[:dot], name[dot + 1 :].lower()
 
 
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")
+
+
+def _missing_end_marker(path: str | os.PathLike, end: int) -> bool:
+    """True if an uncompressed tar stops before the two zero blocks that end an archive."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+        if any(head.startswith(m) for m in _COMPRESSED_MAGIC):
+            return False
+        size = f.seek(0, os.SEEK_END)
+    return size < end + 2 * tarfile.BLOCKSIZE
+
+
 def iter_tar_samples(path: str | os.PathLike) -> Iterator[dict[str, bytes | str]]:
     """Stream the samples of one tar shard as ``{"__key__": key, ext: bytes, ...}`` dicts.
 
     Members are read sequentially (``tarfile`` stream mode); consecutive members with the same
-    key form one sample. A truncated/corrupt tar ends with a warning after the samples read so
-    far.
+    key form one sample. A truncated/corrupt tar ends with a warning after the complete samples
+    read so far.
     """
     current_key: str | None = None
     current: dict[str, bytes | str] = {}
@@ -155,13 +168,17 @@ def iter_tar_samples(path: str | os.PathLike) -> Iterator[dict[str, bytes | str]
                 f = tar.extractfile(member)
                 if f is not None:
                     current[ext] = f.read()
+            end = tar.offset
+        if _missing_end_marker(path, end):
+            raise tarfile.ReadError("truncated: no end-of-archive marker after the last member")
     except (tarfile.TarError, OSError, EOFError) as exc:
         warnings.warn(
-            f"TarShardDataset: error reading shard {os.fspath(path)!r} ({exc}); "
-            "continuing with the next shard",
+            f"TarShardDataset: error reading shard {os.fspath(path)!r} ({exc}); dropping its "
+            "last, possibly incomplete sample and continuing with the next shard",
             RuntimeWarning,
             stacklevel=2,
         )
+        return
     if current:
         yield current
 

@@ -249,10 +249,18 @@ class GlideUNet(nn.Module):
         )
 
     # ------------------------------------------------------------------ text
+    def _text_parameters(self) -> list[torch.Tensor]:
+        mods = [self.token_embedding, self.transformer, self.transformer_proj]
+        if self.final_ln is not None:
+            mods.append(self.final_ln)
+        params = [p for m in mods for p in m.parameters()] + [self.positional_embedding]
+        if self.config.xf_padding:
+            params.append(self.padding_embedding)
+        return params
+
     def _text_params_version(self) -> int:
-        return sum(p._version for p in self.parameters(recurse=False)) + sum(
-            p._version for p in self.transformer.parameters()
-        )
+        # Bumped by any in-place update (optimizer step, load_state_dict, ...).
+        return sum(p._version for p in self._text_parameters())
 
     def encode_text(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> TextCondition:
         """Run the text transformer.

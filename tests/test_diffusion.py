@@ -1,0 +1,144 @@
+"""Schedules, respacing and single sampler steps against the official outputs."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import load_golden
+from glidekit.diffusion import (
+    GaussianDiffusion,
+    ddim_sample,
+    named_beta_schedule,
+    p_sample,
+    respace_betas,
+    space_timesteps,
+)
+from helpers import rel_err
+
+META, T = load_golden("diffusion")
+CONFIGS = {
+    "cos1000": ("squaredcos_cap_v2", ""),
+    "cos100": ("squaredcos_cap_v2", "100"),
+    "linfast27": ("linear", "fast27"),
+}
+SCHEDULE_NAMES = ["squaredcos_cap_v2", "linear"]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULE_NAMES)
+def test_betas_exact(schedule):
+    assert np.array_equal(named_beta_schedule(schedule, 1000), T[f"betas.{schedule}.1000"].numpy())
+
+
+@pytest.mark.parametrize("schedule", SCHEDULE_NAMES)
+def test_every_respacing_spelling_exact(schedule):
+    betas = named_beta_schedule(schedule, 1000)
+    spellings = META["respacings"][schedule]
+    assert {"100", "fast27", "ddim25", "27", "10,10,3,2,2"} <= set(spellings)
+    for spelling, ref in spellings.items():
+        use = space_timesteps(1000, spelling)
+        assert use == ref["use_timesteps_sorted"], spelling
+        diffusion = GaussianDiffusion.from_config(schedule, 1000, spelling)
+        assert diffusion.timestep_map == ref["timestep_map"], spelling
+        assert np.array_equal(diffusion.betas, np.array(ref["betas"])), spelling
+        assert np.array_equal(respace_betas(betas, use), np.array(ref["betas"])), spelling
+
+
+@pytest.mark.parametrize("schedule", SCHEDULE_NAMES)
+def test_q_sample(schedule):
+    d = GaussianDiffusion.from_config(schedule)
+    x_t = d.q_sample(T["q_sample.x_start"], T["q_sample.t"], T["q_sample.noise"])
+    assert torch.equal(x_t, T[f"q_sample.{schedule}.x_t"])
+
+
+def stub_model(received: list):
+    def model(x, ts, **kwargs):
+        received.append(ts)
+        return T["pmv.model_output"]
+
+    return model
+
+
+def cond_fn_stub(received: list):
+    def cond_fn(x, ts, **kwargs):
+        received.append(ts)
+        return T["pmv.cond_grad"]
+
+    return cond_fn
+
+
+@pytest.mark.parametrize("cfg", list(CONFIGS))
+def test_p_mean_variance(cfg):
+    d = GaussianDiffusion.from_config(CONFIGS[cfg][0], timestep_respacing=CONFIGS[cfg][1])
+    t = T[f"pmv.{cfg}.t"]
+    for clip in (1, 0):
+        received = []
+        out = d.p_mean_variance(stub_model(received), T["pmv.x_t"], t, clip_denoised=bool(clip))
+        assert torch.equal(received[0], T[f"pmv.{cfg}.model_received_t"])
+        for key in ("mean", "variance", "log_variance", "pred_xstart"):
+            assert rel_err(getattr(out, key), T[f"pmv.{cfg}.clip{clip}.{key}"]) < 1e-5, key
+
+
+@pytest.mark.parametrize("cfg", list(CONFIGS))
+def test_single_steps_under_the_rng_protocol(cfg):
+    d = GaussianDiffusion.from_config(CONFIGS[cfg][0], timestep_respacing=CONFIGS[cfg][1])
+    x, t = T["pmv.x_t"], T[f"pmv.{cfg}.t"]
+    model = stub_model([])
+
+    torch.manual_seed(1234)
+    out = p_sample(d, model, x, t)
+    assert rel_err(out.sample, T[f"p_sample.{cfg}.sample"]) < 1e-5
+
+    received = []
+    torch.manual_seed(1234)
+    out = p_sample(d, model, x, t, cond_fn=cond_fn_stub(received))
+    assert rel_err(out.sample, T[f"p_sample_cond.{cfg}.sample"]) < 1e-5
+    assert torch.equal(received[0], T[f"p_sample_cond.{cfg}.cond_fn_received_t"])
+
+    for eta in (0.0, 0.5, 1.0):
+        torch.manual_seed(1234)
+        out = ddim_sample(d, model, x, t, eta=eta)
+        assert rel_err(out.sample, T[f"ddim_sample.{cfg}.eta{eta}.sample"]) < 1e-4, eta
+        assert rel_err(out.pred_xstart, T[f"ddim_sample.{cfg}.eta{eta}.pred_xstart"]) < 1e-5
+
+    torch.manual_seed(1234)
+    out = ddim_sample(d, model, x, t, eta=0.0, cond_fn=cond_fn_stub([]))
+    assert rel_err(out.sample, T[f"ddim_sample_cond.{cfg}.eta0.0.sample"]) < 1e-4
+    assert rel_err(out.pred_xstart, T[f"ddim_sample_cond.{cfg}.eta0.0.pred_xstart"]) < 1e-5
+
+
+def test_generator_gives_reproducible_noise():
+    d = GaussianDiffusion.from_config(timestep_respacing="100")
+    x, t = T["pmv.x_t"], T["pmv.cos100.t"]
+    a = p_sample(d, stub_model([]), x, t, generator=torch.Generator().manual_seed(7)).sample
+    b = p_sample(d, stub_model([]), x, t, generator=torch.Generator().manual_seed(7)).sample
+    c = p_sample(d, stub_model([]), x, t, generator=torch.Generator().manual_seed(8)).sample
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize(
+    "spelling", ["fast", "ddim", "ddimx", "ddim999", "10,x", "2000", "0", "1,1,1,0"]
+)
+def test_bad_respacing_is_a_clear_error(spelling):
+    with pytest.raises(ValueError, match="timestep_respacing"):
+        GaussianDiffusion.from_config(timestep_respacing=spelling)
+
+
+def test_bad_schedule_and_arguments():
+    with pytest.raises(ValueError, match="noise_schedule"):
+        GaussianDiffusion.from_config("cosine-ish")
+    d = GaussianDiffusion.from_config(timestep_respacing="10")
+    x = torch.zeros(2, 3, 8, 8)
+    with pytest.raises(ValueError, match="t must"):
+        d.q_sample(x, torch.tensor([0, 10]))
+    with pytest.raises(ValueError, match="noise"):
+        d.q_sample(x, torch.tensor([0, 1]), torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="channels"):
+        d.p_mean_variance(lambda x, t: torch.zeros(2, 5, 8, 8), x, torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match="cond_fn must return"):
+        p_sample(
+            d,
+            lambda x, t: torch.zeros(2, 6, 8, 8),
+            x,
+            torch.tensor([1, 1]),
+            cond_fn=lambda x, t: torch.zeros(1),
+        )

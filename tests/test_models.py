@@ -1,0 +1,154 @@
+"""The UNet family against the official forwards, and the released checkpoints' layouts."""
+
+import pytest
+import torch
+
+from glidekit.compat import config_from_options
+from glidekit.nn import RELEASED_CONFIGS, create_model
+from helpers import golden_model, rel_err
+
+FORWARDS = ["text2im_forward", "super_res_forward", "inpaint_forward", "super_res_inpaint_forward"]
+
+
+def forward_kwargs(t: dict) -> dict:
+    return {
+        k[3:]: v for k, v in t.items() if k.startswith("in.") and k not in ("in.x", "in.timesteps")
+    }
+
+
+@pytest.mark.parametrize("fixture", FORWARDS)
+def test_forward_matches_reference(fixture):
+    model, t = golden_model(fixture)
+    with torch.no_grad():
+        out = model(t["in.x"], t["in.timesteps"], **forward_kwargs(t))
+        text = model.encode_text(t["in.tokens"], t["in.mask"])
+    assert out.shape == t["out.model_output"].shape
+    assert rel_err(out, t["out.model_output"]) < 1e-4
+    assert rel_err(text.xf_proj, t["out.xf_proj"]) < 1e-4
+    assert rel_err(text.xf_out, t["out.xf_out"]) < 1e-4
+
+
+def test_text2im_block_activations():
+    """Every UNet block's output, so a regression points at the block that broke."""
+    from glidekit.nn.layers import timestep_embedding
+
+    model, t = golden_model("text2im_forward")
+    with torch.no_grad():
+        temb = timestep_embedding(t["in.timesteps"], model.config.num_channels)
+        assert rel_err(temb, t["debug.timestep_embedding"]) < 1e-6
+        assert rel_err(model.time_embed(temb), t["debug.time_embed"]) < 1e-4
+        text = model.encode_text(t["in.tokens"], t["in.mask"])
+        emb = model.time_embed(temb) + text.xf_proj
+        h, skips = t["in.x"], []
+        for i, block in enumerate(model.input_blocks):
+            h = block(h, emb, text)
+            skips.append(h)
+            assert rel_err(h, t[f"debug.input_blocks.{i}"]) < 1e-4, f"input block {i}"
+        h = model.middle_block(h, emb, text)
+        assert rel_err(h, t["debug.middle_block"]) < 1e-4
+        for i, block in enumerate(model.output_blocks):
+            h = block(torch.cat([h, skips.pop()], 1), emb, text)
+            assert rel_err(h, t[f"debug.output_blocks.{i}"]) < 1e-4, f"output block {i}"
+
+
+@pytest.mark.parametrize("name", ["base", "upsample", "base-inpaint", "upsample-inpaint"])
+def test_full_size_layout_matches_release(name, checkpoint_specs):
+    spec = checkpoint_specs["checkpoints"][name]
+    model = create_model(RELEASED_CONFIGS[name], device="meta")
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: shape for k, shape, _ in spec["state_dict"]}
+    assert ours == theirs
+    assert sum(p.numel() for p in model.parameters()) == spec["n_parameters"]
+    # The compat options path builds the same thing.
+    assert config_from_options(spec["options"]) == RELEASED_CONFIGS[name]
+
+
+def test_text_transformer_runs_once_per_prompt(monkeypatch):
+    model, t = golden_model("text2im_forward")
+    calls = []
+    original = model.transformer.forward
+    monkeypatch.setattr(model.transformer, "forward", lambda x: calls.append(1) or original(x))
+    kw = forward_kwargs(t)
+    with torch.no_grad():
+        a = model(t["in.x"], t["in.timesteps"], **kw)
+        b = model(t["in.x"] * 0.5, t["in.timesteps"] + 1, **kw)
+        assert len(calls) == 1
+        model(t["in.x"], t["in.timesteps"], tokens=kw["tokens"].flip(0), mask=kw["mask"].flip(0))
+        assert len(calls) == 2
+        model.del_cache()
+        c = model(t["in.x"], t["in.timesteps"], **kw)
+        assert len(calls) == 3
+    assert torch.equal(a, c) and not torch.equal(a, b)
+    # Changing the weights invalidates the cache.
+    with torch.no_grad():
+        model.token_embedding.weight.mul_(2.0)
+        d = model(t["in.x"], t["in.timesteps"], **kw)
+    assert len(calls) == 4 and not torch.equal(a, d)
+
+
+def test_gradients_flow_through_text_without_cache():
+    model, t = golden_model("text2im_forward")
+    out = model(t["in.x"], t["in.timesteps"], **forward_kwargs(t))
+    out.square().mean().backward()
+    assert model.token_embedding.weight.grad is not None
+    assert model.transformer.resblocks[0].attn.c_qkv.weight.grad.abs().sum() > 0
+
+
+def test_half_precision_keeps_norms_in_fp32():
+    model, t = golden_model("text2im_forward")
+    model.convert_to_fp16(torch.bfloat16)
+    dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+    assert dtypes["input_blocks.0.0.weight"] == torch.bfloat16
+    assert dtypes["middle_block.1.qkv.weight"] == torch.bfloat16
+    assert dtypes["transformer.resblocks.0.attn.c_qkv.weight"] == torch.bfloat16
+    assert dtypes["token_embedding.weight"] == torch.bfloat16
+    for key in (
+        "input_blocks.1.0.in_layers.0.weight",
+        "input_blocks.1.0.emb_layers.1.weight",
+        "transformer.resblocks.0.ln_1.weight",
+        "final_ln.weight",
+        "positional_embedding",
+        "padding_embedding",
+        "time_embed.0.weight",
+        "out.2.weight",
+    ):
+        assert dtypes[key] == torch.float32, key
+    with torch.no_grad():
+        out = model(t["in.x"], t["in.timesteps"], **forward_kwargs(t))
+    assert out.dtype == torch.float32
+    assert rel_err(out, t["out.model_output"]) < 5e-2
+
+
+def test_bad_inputs_name_the_argument():
+    model, t = golden_model("inpaint_forward")
+    kw = forward_kwargs(t)
+    x, ts = t["in.x"], t["in.timesteps"]
+    with pytest.raises(ValueError, match="inpaint_mask"):
+        model(x, ts, **{**kw, "inpaint_mask": kw["inpaint_mask"][:, :, :16]})
+    with pytest.raises(ValueError, match="inpaint_image"):
+        model(x, ts, **{**kw, "inpaint_image": kw["inpaint_image"][..., :16, :16]})
+    with pytest.raises(ValueError, match="tokens"):
+        model(x, ts, tokens=kw["tokens"][:, :5], mask=kw["mask"][:, :5])
+    with pytest.raises(ValueError, match="timesteps"):
+        model(x, ts[:1], **kw)
+    with pytest.raises(ValueError, match="low_res"):
+        model(x, ts, low_res=x, **kw)
+    sr, t2 = golden_model("super_res_forward")
+    with pytest.raises(ValueError, match="low_res is required"):
+        sr(t2["in.x"], t2["in.timesteps"], tokens=t2["in.tokens"], mask=t2["in.mask"])
+    with pytest.raises(ValueError, match="x must have shape"):
+        model(x[:, :2], ts, **kw)
+
+
+def test_config_validation():
+    from glidekit.nn import Text2ImConfig, config_from_dict
+
+    with pytest.raises(ValueError, match="channel_mult"):
+        Text2ImConfig(image_size=48)
+    with pytest.raises(ValueError, match="attention_resolutions"):
+        Text2ImConfig(attention_resolutions=(7,))
+    with pytest.raises(ValueError, match="unknown config keys"):
+        config_from_dict({"kind": "text2im", "bogus": 1})
+    cfg = RELEASED_CONFIGS["upsample-inpaint"]
+    assert config_from_dict(cfg.to_dict()) == cfg
+    assert cfg.in_channels == 10

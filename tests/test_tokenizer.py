@@ -1,0 +1,61 @@
+import json
+import logging
+
+import pytest
+import torch
+
+from conftest import REFERENCE
+from glidekit.tokenizer import GPT2Tokenizer, Tokenizer, padded_tokens_and_mask, tokenize_batch
+
+GOLDEN = json.loads((REFERENCE / "tokenizer_golden.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tok() -> GPT2Tokenizer:
+    return GPT2Tokenizer()
+
+
+def test_header_facts(tok):
+    assert tok.n_vocab == GOLDEN["gpt2"]["n_vocab"]
+    assert tok.end_token == GOLDEN["gpt2"]["end_token"]
+    assert tok.text_ctx == GOLDEN["gpt2"]["text_ctx"]
+    assert isinstance(tok, Tokenizer)
+
+
+@pytest.mark.parametrize("case", GOLDEN["cases"], ids=lambda c: c["text"][:30])
+def test_matches_reference(tok, case, caplog):
+    ids = tok.encode(case["text"])
+    assert ids == case["gpt2_ids"]
+    with caplog.at_level(logging.WARNING):
+        tokens, mask = tok.padded_tokens_and_mask(ids, 128)
+    assert tokens == case["gpt2_padded_tokens_128"]
+    assert mask == case["gpt2_mask_128"]
+    assert ("truncated" in caplog.text) == (len(ids) > 128)
+
+
+def test_empty_prompt_is_unconditional_row(tok):
+    tokens, mask = tok.padded_tokens_and_mask(tok.encode(""), 128)
+    assert tokens == [50256] * 128 and mask == [False] * 128
+
+
+def test_tokenize_batch_shapes(tok):
+    tokens, mask = tokenize_batch(tok, ["a corgi", ""], 16)
+    assert tokens.shape == mask.shape == (2, 16)
+    assert tokens.dtype == torch.long and mask.dtype == torch.bool
+    assert mask[0].sum() == len(tok.encode("a corgi")) and mask[1].sum() == 0
+
+
+def test_bad_input(tok):
+    with pytest.raises(TypeError, match="text"):
+        tok.encode(123)
+    with pytest.raises(TypeError, match="prompts"):
+        tokenize_batch(tok, "a single string", 16)
+    with pytest.raises(ValueError, match="text_ctx"):
+        padded_tokens_and_mask([1, 2], 0, 50256)
+
+
+def test_long_prompt_truncated_with_warning(tok, caplog):
+    with caplog.at_level(logging.WARNING, logger="glidekit.tokenizer"):
+        tokens, mask = tokenize_batch(tok, ["corgi " * 300], 128)
+    assert tokens.shape == (1, 128) and bool(mask.all())
+    assert "truncated" in caplog.text
