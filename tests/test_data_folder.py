@@ -62,6 +62,7 @@ def image_folder(tmp_path: Path) -> Path:
     (root / "g_corrupt.txt").write_text("never seen")
     _half_red_blue(30, 30).save(root / "h_nocap.jpg", quality=95)  # no caption file
     (root / "notes.md").write_text("ignored")
+    (root / "sub" / "loop").symlink_to(root, target_is_directory=True)  # must not recurse forever
     return root
 
 

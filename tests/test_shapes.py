@@ -33,6 +33,7 @@ from glidekit.data.shapes import (
     render,
 )
 from glidekit.data.transforms import to_tensor
+from glidekit.tokenizer import Tokenizer, tokenize_batch
 
 
 def _accuracy(image_size: int, n: int, seed: int) -> dict[str, float]:
@@ -151,6 +152,11 @@ def test_check_flags_wrong_captions() -> None:
 
 def test_tokenizer() -> None:
     tok = ShapesTokenizer()
+    assert isinstance(tok, Tokenizer)
+    tokens, mask = tokenize_batch(tok, ["a red circle", ""], tok.text_ctx)
+    assert tokens.shape == mask.shape == (2, tok.text_ctx) and int(mask.sum()) == 3
+    with pytest.raises(TypeError):
+        tok.encode(None)  # type: ignore[arg-type]
     assert tok.n_vocab == len(SHAPES_WORDS) + 2
     for w in SHAPES_WORDS:
         assert tok.encode(w) == [SHAPES_WORDS.index(w)]

@@ -32,12 +32,19 @@ def find_images(
 ) -> list[Path]:
     """All files under ``root`` (recursive, sorted) whose lower-cased suffix is in ``extensions``.
 
-    Hidden files and folders (name starting with ``.``) are ignored.
+    Hidden files and folders (name starting with ``.``) are ignored; symlinked folders are
+    followed, each real folder once.
     """
     exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in extensions}
     root = Path(root)
     found: list[Path] = []
+    seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a symlink cycle, or the same folder linked twice
+            dirnames[:] = []
+            continue
+        seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
             if not name.startswith(".") and Path(name).suffix.lower() in exts:

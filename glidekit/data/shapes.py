@@ -36,6 +36,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from ..tokenizer import padded_tokens_and_mask
 from .transforms import to_tensor
 
 __all__ = [
@@ -549,6 +550,10 @@ class ShapesTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` (no end token appended)."""
+        if not isinstance(text, str):
+            raise TypeError(
+                f"ShapesTokenizer.encode: text must be a str, got {type(text).__name__}"
+            )
         return [self._ids.get(w, self.unk_token) for w in _words(text)]
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -568,9 +573,7 @@ class ShapesTokenizer:
         """Truncate ``tokens`` to ``text_ctx`` (default :attr:`text_ctx`) and pad with
         :attr:`end_token`; the mask is True for real tokens."""
         ctx = self.text_ctx if text_ctx is None else int(text_ctx)
-        tokens = list(tokens)[:ctx]
-        pad = ctx - len(tokens)
-        return tokens + [self.end_token] * pad, [True] * len(tokens) + [False] * pad
+        return padded_tokens_and_mask(tokens, ctx, self.end_token)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable description (ship it with a model)."""
