@@ -113,3 +113,25 @@ def tokenize_batch(
         torch.tensor(toks, dtype=torch.long, device=device),
         torch.tensor(masks, dtype=torch.bool, device=device),
     )
+
+
+def tokenizer_to_dict(tokenizer: Tokenizer) -> dict:
+    """A JSON-able description from which :func:`tokenizer_from_dict` rebuilds the tokenizer."""
+    if isinstance(tokenizer, GPT2Tokenizer):
+        return {"type": "gpt2", "text_ctx": tokenizer.text_ctx}
+    to_dict = getattr(tokenizer, "to_dict", None)
+    if to_dict is None:
+        raise TypeError(f"{type(tokenizer).__name__} cannot be saved: it has no to_dict()")
+    return {"type": getattr(tokenizer, "type_name", type(tokenizer).__name__), "data": to_dict()}
+
+
+def tokenizer_from_dict(d: dict) -> Tokenizer:
+    """Rebuild a tokenizer saved by :func:`tokenizer_to_dict` (e.g. a model's shipped vocabulary)."""
+    kind = d.get("type")
+    if kind == "gpt2":
+        return GPT2Tokenizer(int(d.get("text_ctx", 128)))
+    if kind in ("shapes", "ShapesTokenizer"):
+        from glidekit.data.shapes import ShapesTokenizer
+
+        return ShapesTokenizer.from_dict(d["data"])
+    raise ValueError(f"tokenizer type {kind!r} is unknown; expected 'gpt2' or 'shapes'")
