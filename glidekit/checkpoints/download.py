@@ -76,7 +76,7 @@ def fetch(
         DownloadError: the download failed after all retries (the partial file is kept).
         UnknownCheckpointError: not a released name and not an existing path.
     """
-    info = lookup(str(name))
+    info = lookup(name) if isinstance(name, str) else None
     if info is None:
         return local_checkpoint_path(name, checkpoint)
     return _fetch_released(
@@ -94,8 +94,9 @@ def fetch(
 def local_checkpoint_path(path: str | os.PathLike[str], checkpoint: str | None = None) -> Path:
     """Resolve a local checkpoint file, or the checkpoint file inside a directory.
 
-    In a directory, ``<stem>.safetensors`` is preferred over ``<stem>.fp16.safetensors`` over
-    ``<stem>.pt`` (``stem`` = the official file stem of ``checkpoint``, e.g. ``base_inpaint``).
+    In a directory, ``<stem>.safetensors`` is preferred over ``<stem>.pt`` over
+    ``<stem>.fp16.safetensors`` (lossless first; ``stem`` = the official file stem of
+    ``checkpoint``, e.g. ``base_inpaint``).
     Without ``checkpoint`` the directory must hold files of exactly one stem.
     """
     p = Path(path).expanduser()
@@ -123,16 +124,16 @@ def local_checkpoint_path(path: str | os.PathLike[str], checkpoint: str | None =
         if candidate.is_file():
             return candidate.absolute()
     raise UnknownCheckpointError(
-        f"directory {p} has no {stems[0]}.safetensors, {stems[0]}.fp16.safetensors or {stems[0]}.pt"
+        f"directory {p} has no {stems[0]}.safetensors, {stems[0]}.pt or {stems[0]}.fp16.safetensors"
     )
 
 
 def preferred_files(directory: Path, stem: str) -> tuple[Path, ...]:
-    """Candidate files for ``stem`` in ``directory``, most preferred first."""
+    """Candidate files for ``stem`` in ``directory``, most preferred first (lossless first)."""
     return (
         directory / f"{stem}.safetensors",
-        directory / f"{stem}.fp16.safetensors",
         directory / f"{stem}.pt",
+        directory / f"{stem}.fp16.safetensors",
     )
 
 
@@ -230,7 +231,10 @@ def _cached_file_ok(dest: Path, manifest: Manifest, source: str, timeout: float)
         )
         return False
     remote = _remote_size(source, timeout)
-    if remote is None or remote == size:
+    if remote is None:
+        return True  # cannot tell; loading checks it
+    if remote == size:
+        manifest.record(dest, sha256=None, size=size, source=source)  # sha256 on first load
         return True
     logger.warning(
         "cached %s has %d bytes but %s has %d: truncated; re-downloading",

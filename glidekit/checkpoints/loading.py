@@ -30,7 +30,7 @@ from glidekit.checkpoints.errors import (
     UnsafeCheckpointError,
 )
 from glidekit.checkpoints.layout import Layout, check_layout, expected_layout, released_layout
-from glidekit.checkpoints.registry import CheckpointInfo, lookup
+from glidekit.checkpoints.registry import CheckpointInfo, get_checkpoint, lookup
 
 logger = logging.getLogger(__name__)
 
@@ -169,12 +169,15 @@ def _load_checked(
 def _released_source(
     info: CheckpointInfo, cache: Path, *, prefer_safetensors: bool, fetch_kwargs: dict[str, Any]
 ) -> Path:
-    """The file to load for a released name: a cached conversion if any, else the official
-    file (downloaded if needed)."""
+    """The file to load for a released name: ``<stem>.safetensors`` if converted, else the
+    official file (``<stem>.fp16.safetensors`` instead when only that one is cached), downloaded
+    if needed."""
     if prefer_safetensors:
-        for candidate in preferred_files(cache, info.stem)[:2]:
-            if candidate.is_file():
-                return candidate
+        converted, official, half = preferred_files(cache, info.stem)
+        if converted.is_file():
+            return converted
+        if half.is_file() and not official.is_file():
+            return half
     return fetch(info.name, cache_dir=cache, **fetch_kwargs)
 
 
@@ -225,7 +228,8 @@ def load_state_dict(
 
     Args:
         name_or_path: a released name (``"base"``, ...; downloaded into the cache if needed), a
-            ``.pt`` / ``.safetensors`` file, or a directory holding one.
+            ``.pt`` / ``.safetensors`` file, or a directory holding one. A ``str`` is a name
+            first; pass a ``Path`` (or ``"./base"``) for a local file called like a name.
         checkpoint: the released checkpoint a local file or directory is supposed to be (picks
             the file in a directory, and its layout is what is expected).
         expected: the expected layout: a module (e.g. built on the meta device), a config,
@@ -240,15 +244,15 @@ def load_state_dict(
             file you replaced on purpose).
         progress: show a progress bar if a download is needed.
         url: download URL override for a released name.
-        prefer_safetensors: for released names, use a converted ``<stem>.safetensors`` (then
-            ``<stem>.fp16.safetensors``) in the cache when present.
+        prefer_safetensors: for released names, use a converted ``<stem>.safetensors`` in the
+            cache when present (and ``<stem>.fp16.safetensors`` when the ``.pt`` is not cached).
         **fetch_kwargs: ``retries``, ``backoff``, ``timeout``, ``lock_timeout`` of :func:`fetch`.
 
     Raises:
         CheckpointError: with a message naming the file, for every failure (see the subclasses).
     """
     cache = _cache.cache_dir(cache_dir)
-    info = lookup(str(name_or_path))
+    info = lookup(name_or_path) if isinstance(name_or_path, str) else None
     if info is not None:
         _, tensors = _load_released(
             info,
@@ -260,7 +264,7 @@ def load_state_dict(
         )
     else:
         path = local_checkpoint_path(name_or_path, checkpoint)
-        name = lookup(checkpoint).name if checkpoint and lookup(checkpoint) else None
+        name = get_checkpoint(checkpoint).name if checkpoint else None
         tensors = _load_checked(path, expected=expected, name=name, cache=cache, verify=verify)
     if torch.device(device) != torch.device("cpu"):
         tensors = {k: v.to(device) for k, v in tensors.items()}
@@ -321,7 +325,7 @@ def convert(
     goes next to it. The source is validated exactly as :func:`load_state_dict` does.
     """
     cache = _cache.cache_dir(cache_dir)
-    info = lookup(str(name_or_path))
+    info = lookup(name_or_path) if isinstance(name_or_path, str) else None
     suffix = ".fp16.safetensors" if fp16 else ".safetensors"
     if info is not None:
         source, tensors = _load_released(
@@ -336,7 +340,7 @@ def convert(
         name: str | None = info.name
     else:
         source = local_checkpoint_path(name_or_path, checkpoint)
-        name = lookup(checkpoint).name if checkpoint and lookup(checkpoint) else None
+        name = get_checkpoint(checkpoint).name if checkpoint else None
         tensors = _load_checked(source, expected=expected, name=name, cache=cache, verify=verify)
         stem = source.name
         for ext in (".fp16.safetensors", ".safetensors", ".pt", ".pth", ".bin"):
