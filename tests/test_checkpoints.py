@@ -620,3 +620,34 @@ def test_cli_download_and_convert(
 def test_cli_download_failure_exit_code(server: CheckpointServer, monkeypatch) -> None:
     server.behaviour.fail_next = 100
     assert main(["download", "base", "--no-progress", "--retries", "0"]) == 1
+
+
+def test_real_small_unet_round_trip_and_config_layout(tmp_path: Path) -> None:
+    """A small custom ``UNetConfig``: expected layout from the config (meta model), load_into."""
+    nn_mod = pytest.importorskip("glidekit.nn", reason="model code not available")
+    from glidekit.nn.config import SuperResConfig, UNetConfig
+
+    small = dict(
+        num_channels=32,
+        num_res_blocks=1,
+        num_head_channels=16,
+        text_ctx=8,
+        xf_width=32,
+        xf_layers=1,
+        xf_heads=2,
+        n_vocab=64,
+    )
+    config = UNetConfig(image_size=32, channel_mult=(1, 2), attention_resolutions=(16,), **small)
+    torch.manual_seed(0)
+    source = nn_mod.create_model(config)
+    path = tmp_path / "small.pt"
+    torch.save(source.state_dict(), path)
+    state = load_state_dict(path, expected=config)  # layout from a meta model of the config
+    assert detect_kind({k: v.shape for k, v in state.items()}) == "base"
+    target = load_into(nn_mod.create_model(config), path)
+    assert_same(target.state_dict(), source.state_dict())
+
+    sr = SuperResConfig(image_size=64, channel_mult=(1, 2), attention_resolutions=(32,), **small)
+    with pytest.raises(LayoutMismatchError, match="like 'upsample'") as err:
+        load_into(nn_mod.create_model(sr), path)
+    assert "looks like a 64x64 text-to-image UNet (like 'base')" in str(err.value)

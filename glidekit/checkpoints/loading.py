@@ -124,10 +124,7 @@ def _load_checked(
     if track and entry is not None:
         size = path.stat().st_size
         if size != entry.size:
-            what = (
-                f"{path} has {size} bytes but {entry.size} were recorded when it was "
-                f"{'downloaded' if entry.source else 'first loaded'} ({entry.recorded_at})"
-            )
+            what = f"{path} has {size} bytes but {entry.size} were recorded ({entry.recorded_at})"
             if in_cache:
                 raise CorruptCheckpointError(
                     f"{what}: it is truncated or was replaced; delete it and download it again."
