@@ -464,10 +464,12 @@ class NoisedCLIP(nn.Module):
         if isinstance(prompts, torch.Tensor):
             tokens = prompts
             if lens is None:
-                if tokens.ndim != 2 or not _is_int_tensor(tokens):
+                if not _is_int_tensor(tokens):
+                    raise TypeError(f"prompts: token tensors must be int64, got {tokens.dtype}")
+                if tokens.ndim != 2:
                     raise ValueError(
-                        f"prompts: a token tensor must be 2-D int64 (B, "
-                        f"{self.config.max_text_len}), got {tuple(tokens.shape)} {tokens.dtype}"
+                        f"prompts: a token tensor must have shape (B, "
+                        f"{self.config.max_text_len}), got {tuple(tokens.shape)}"
                     )
                 positions = torch.arange(1, tokens.shape[1] + 1, device=tokens.device)
                 lens = ((tokens != 0) * positions).amax(dim=1)
@@ -507,26 +509,27 @@ class NoisedCLIP(nn.Module):
         with torch.no_grad():
             z_text = self.text_embeddings(prompts).detach()
         n_text = z_text.shape[0]
-        image_encoder = self.image_encoder
-        logit_scale = self.logit_scale
+        model = self
 
         def cond_fn(x: torch.Tensor, t: torch.Tensor, **model_kwargs: Any) -> torch.Tensor:
             if not isinstance(x, torch.Tensor):
                 raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-            if x.ndim < 1 or x.shape[0] % n_text:
+            if x.ndim == 4 and x.shape[0] % n_text:
                 raise ValueError(
-                    f"x: batch of {tuple(x.shape)[:1]} rows is not a multiple of the "
-                    f"{n_text} prompt(s) given to cond_fn; use B or k*B rows "
-                    "(e.g. [conditional; unconditional] under classifier-free guidance)"
+                    f"x: {x.shape[0]} rows is not a multiple of the {n_text} prompt(s) given "
+                    "to cond_fn; pass B or k*B rows (e.g. [conditional; unconditional] under "
+                    "classifier-free guidance)"
                 )
+            image_encoder = model.image_encoder
             image_encoder.check_inputs(x, t, "x", "t")
             with torch.inference_mode(False), torch.enable_grad():
                 x_in = _usable(x.detach()).requires_grad_(True)
-                z_t = _usable(z_text)
+                z_i = _l2_normalize(image_encoder._encode(x_in, _usable(t)))
+                z_t = _usable(z_text).to(z_i.device, z_i.dtype)
                 if x.shape[0] != n_text:
                     z_t = z_t.repeat(x.shape[0] // n_text, 1)
-                z_i = _l2_normalize(image_encoder._encode(x_in, _usable(t)))
-                loss = torch.exp(_usable(logit_scale)) * (z_t.to(z_i.dtype) * z_i).sum()
+                logit_scale = _usable(model.logit_scale).to(z_i.device)
+                loss = torch.exp(logit_scale) * (z_t * z_i).sum()
                 (grad,) = torch.autograd.grad(loss, x_in)
             return grad * scale
 
