@@ -117,7 +117,12 @@ def test_super_res_fast27_ddim_loop():
     assert diffusion.timestep_map == META["loops"]["super_res"]["use_timesteps"]
     steps = list(
         sample_progressive(
-            diffusion, model, (1, 3, 64, 64), sampler="ddim", noise=L["sr.in.noise"], model_kwargs=kw
+            diffusion,
+            model,
+            (1, 3, 64, 64),
+            sampler="ddim",
+            noise=L["sr.in.noise"],
+            model_kwargs=kw,
         )
     )
     assert len(steps) == 27
@@ -137,7 +142,9 @@ def test_compat_loops_match_samplers():
     model.load_state_dict(golden.state_dict())
     model.eval()
     kw = {"tokens": L["ddim.in.tokens"], "mask": L["ddim.in.mask"]}
-    out = diffusion.ddim_sample_loop(model, (2, 3, 32, 32), noise=L["ddim.in.noise"], model_kwargs=kw)
+    out = diffusion.ddim_sample_loop(
+        model, (2, 3, 32, 32), noise=L["ddim.in.noise"], model_kwargs=kw
+    )
     torch.testing.assert_close(out, L["ddim.out.samples"], atol=ATOL, rtol=0)
 
 

@@ -1,0 +1,86 @@
+"""The official text2im notebook's code runs against glidekit.compat with only its imports changed.
+
+The notebook script (tests/scripts/text2im_notebook.py) runs as a real subprocess; its
+``load_checkpoint("base"/"upsample")`` calls download fixture-sized checkpoints from a loopback
+HTTP server through glidekit's cache, and the models are shrunk to the fixtures' options.
+"""
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ckpt_server import CheckpointServer
+from conftest import load_golden, strip_prefix
+
+SCRIPT = Path(__file__).parent / "scripts" / "text2im_notebook.py"
+
+
+def _options(fixture: str) -> dict:
+    meta, _ = load_golden(fixture)
+    return {k: v for k, v in meta["options"].items() if k not in ("timestep_respacing", "use_fp16")}
+
+
+def _pt_bytes(fixture: str) -> tuple[bytes, list]:
+    _, tensors = load_golden(fixture)
+    state = strip_prefix(tensors, "model.")
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    layout = [[k, list(v.shape), "float32"] for k, v in state.items()]
+    return buf.getvalue(), layout
+
+
+def test_text2im_notebook_runs_unchanged(tmp_path):
+    base_pt, base_layout = _pt_bytes("text2im_forward")
+    up_pt, up_layout = _pt_bytes("super_res_forward")
+    specs = tmp_path / "tiny_specs.json"
+    specs.write_text(
+        json.dumps(
+            {
+                "checkpoints": {
+                    "base": {"state_dict": base_layout},
+                    "upsample": {"state_dict": up_layout},
+                }
+            }
+        )
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    server = CheckpointServer({"/base.pt": base_pt, "/upsample.pt": up_pt}).start()
+    try:
+        env = {
+            **os.environ,
+            "GLIDEKIT_CACHE": str(tmp_path / "cache"),
+            "GLIDEKIT_BASE_URL": server.base_url,
+            "GLIDEKIT_CHECKPOINT_SPECS": str(specs),
+            "GLIDEKIT_NOTEBOOK_OPTIONS": json.dumps(
+                {"base": _options("text2im_forward"), "upsample": _options("super_res_forward")}
+            ),
+            "GLIDEKIT_NOTEBOOK_OUT": str(out),
+        }
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPT)],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # Downloaded once each into glidekit's cache, not the working directory.
+    assert (tmp_path / "cache" / "base.pt").read_bytes() == base_pt
+    assert (tmp_path / "cache" / "upsample.pt").read_bytes() == up_pt
+    assert not list(tmp_path.glob("*.pt"))
+    assert "total base parameters" in proc.stdout
+    base_png = np.asarray(Image.open(out / "shown_0.png"))
+    up_png = np.asarray(Image.open(out / "shown_1.png"))
+    assert base_png.shape == (32, 32, 3) and up_png.shape == (64, 64, 3)
+    assert base_png.std() > 1 and up_png.std() > 1
