@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from conftest import load_golden, strip_prefix
+
 from glidekit.compat import config_from_options
 from glidekit.nn import GlideUNet, create_model
-
-from conftest import load_golden, strip_prefix
 
 
 def golden_model(fixture: str) -> tuple[GlideUNet, dict]:

@@ -1,12 +1,12 @@
 import pytest
 import torch
+from helpers import golden_model
 
-from glidekit.diffusion.losses import training_losses
 from glidekit.diffusion import GaussianDiffusion
+from glidekit.diffusion.losses import training_losses
 from glidekit.nn import DiffusionConfig, SuperResConfig
 from glidekit.nn.bundle import is_bundle, load_model, save_model
 from glidekit.tokenizer import GPT2Tokenizer
-from helpers import golden_model
 
 
 def test_roundtrip_keeps_weights_config_and_tokenizer(tmp_path):

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-
 from ckpt_server import CheckpointServer
 from conftest import load_golden, strip_prefix
+from PIL import Image
 
 SCRIPT = Path(__file__).parent / "scripts" / "text2im_notebook.py"
 

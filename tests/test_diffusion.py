@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import load_golden
+from helpers import rel_err
+
 from glidekit.diffusion import (
     GaussianDiffusion,
     ddim_sample,
@@ -13,7 +14,6 @@ from glidekit.diffusion import (
     respace_betas,
     space_timesteps,
 )
-from helpers import rel_err
 
 META, T = load_golden("diffusion")
 CONFIGS = {

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from helpers import golden_model, rel_err
 
 from glidekit.compat import config_from_options
 from glidekit.nn import RELEASED_CONFIGS, create_model
-from helpers import golden_model, rel_err
 
 FORWARDS = ["text2im_forward", "super_res_forward", "inpaint_forward", "super_res_inpaint_forward"]
 

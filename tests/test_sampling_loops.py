@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-
 from conftest import load_golden
+from helpers import golden_model
+
 from glidekit.compat import create_model_and_diffusion, model_and_diffusion_defaults
 from glidekit.diffusion import GaussianDiffusion, sample, sample_progressive
 from glidekit.guidance import ClassifierFreeGuidance, known_region_replacer
-from helpers import golden_model
 
 META, L = load_golden("sampling_loops")
 ATOL = 1e-3  # the fixture's float32 kernel-to-kernel spread is ~6e-5 after 10 steps

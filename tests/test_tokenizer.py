@@ -3,8 +3,8 @@ import logging
 
 import pytest
 import torch
-
 from conftest import REFERENCE
+
 from glidekit.tokenizer import GPT2Tokenizer, Tokenizer, padded_tokens_and_mask, tokenize_batch
 
 GOLDEN = json.loads((REFERENCE / "tokenizer_golden.json").read_text())
