@@ -71,6 +71,7 @@ class GaussianDiffusion:
             "log_betas": np.log(betas),
         }
         self._np = arrays
+        self.alphas_cumprod = abar
         # Cast after the float64 math: gathering then casting equals casting then gathering.
         self._f32 = {k: torch.from_numpy(v).float() for k, v in arrays.items()}
         self._map = torch.tensor(self.timestep_map, dtype=torch.long)
@@ -84,7 +85,7 @@ class GaussianDiffusion:
     ) -> GaussianDiffusion:
         """The ``steps``-step ``noise_schedule`` process, respaced by ``timestep_respacing``."""
         base = named_beta_schedule(noise_schedule, steps)
-        use = space_timesteps(steps, timestep_respacing)
+        use = space_timesteps(steps, timestep_respacing, base)
         if len(use) == steps:
             return cls(base)
         return cls(respace_betas(base, use), use)
@@ -93,7 +94,7 @@ class GaussianDiffusion:
         """This process (which must be unspaced) sampled with fewer steps."""
         if self.timestep_map != list(range(self.num_timesteps)):
             raise ValueError("respaced() needs the original, unspaced process")
-        use = space_timesteps(self.num_timesteps, timestep_respacing)
+        use = space_timesteps(self.num_timesteps, timestep_respacing, self.betas)
         return GaussianDiffusion(respace_betas(self.betas, use), use)
 
     # ------------------------------------------------------------------ helpers

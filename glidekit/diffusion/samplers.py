@@ -15,6 +15,7 @@ image as the official implementation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -153,6 +154,68 @@ def validate_eta(eta: float) -> float:
     return float(eta)
 
 
+SAMPLERS = ("ancestral", "ddim", "dpm++2m")
+
+
+def dpmpp_2m_progressive(
+    diffusion: GaussianDiffusion,
+    model: ModelFn,
+    x: torch.Tensor,
+    indices: list[int],
+    *,
+    clip_denoised: bool = True,
+    denoised_fn: DenoisedFn | None = None,
+    cond_fn: CondFn | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> Iterator[StepOutput]:
+    """DPM-Solver++(2M) (Lu et al. 2022), the data-prediction multistep solver, deterministic.
+
+    Each step predicts x_0 (after ``denoised_fn`` and the [-1, 1] clamp guided pixel models need),
+    then moves x from step s to the next step n in log-SNR lambda = log(alpha / sigma):
+    x_n = (sigma_n / sigma_s) x_s - alpha_n (e^{-h} - 1) D, h = lambda_n - lambda_s, with D the
+    x_0 estimate, extrapolated with the previous one from the second step on. At the last index
+    (normally 0) it returns the x_0 estimate. One model call per index. Only eps is used: the
+    learned variance channels are ignored.
+    """
+    model_kwargs = model_kwargs or {}
+    abar = diffusion.alphas_cumprod
+    n_steps = len(indices)
+    prev_x0: torch.Tensor | None = None
+    prev_h: float | None = None
+    for k, s in enumerate(tqdm(indices, disable=not progress, desc="dpm++2m", leave=False)):
+        t = torch.full((x.shape[0],), s, device=x.device, dtype=torch.long)
+        with torch.no_grad():
+            out = diffusion.p_mean_variance(
+                model, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
+                model_kwargs=model_kwargs,
+            )  # fmt: skip
+        if cond_fn is not None:
+            out = condition_score(diffusion, cond_fn, out, x, t, model_kwargs)
+            if clip_denoised:
+                out.pred_xstart = out.pred_xstart.clamp(-1, 1)
+        x0 = out.pred_xstart
+        if k == n_steps - 1:
+            yield StepOutput(s, x0, x0)
+            return
+        n = indices[k + 1]
+        alpha_s, sigma_s = math.sqrt(abar[s]), math.sqrt(1.0 - abar[s])
+        alpha_n, sigma_n = math.sqrt(abar[n]), math.sqrt(1.0 - abar[n])
+        h = math.log(alpha_n / sigma_n) - math.log(alpha_s / sigma_s)
+        # Second order from the second step on. The step into the last index stays first
+        # order: near t = 0 the log-SNR steps grow fast, so the previous estimate is far back
+        # (r = h_prev / h small) and extrapolating from it overshoots.
+        use_first_order = prev_x0 is None or k == n_steps - 2
+        if use_first_order:
+            d = x0
+        else:
+            r = prev_h / h
+            d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * prev_x0
+        x = (sigma_n / sigma_s) * x - alpha_n * math.expm1(-h) * d
+        prev_x0, prev_h = x0, h
+        yield StepOutput(s, x, x0)
+
+
 def sample_progressive(
     diffusion: GaussianDiffusion,
     model: ModelFn,
@@ -168,20 +231,22 @@ def sample_progressive(
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    start_index: int | None = None,
 ) -> Iterator[StepOutput]:
-    """Run the reverse process from pure noise, yielding every step (t = T-1 down to 0).
+    """Run the reverse process, yielding every step (t = start_index, ..., 0).
 
-    sampler: "ancestral" (the official p_sample loop) or "ddim" (with ``eta``).
-    shape: (B, C, H, W); noise: the initial x_T of that shape (else drawn from ``generator``/the
-    global RNG). The last yielded ``sample`` is the result, nominally in [-1, 1].
+    sampler: "ancestral" (the official p_sample loop), "ddim" (with ``eta``) or "dpm++2m"
+    (DPM-Solver++(2M), deterministic; good with few steps). The steps are the diffusion's own
+    (respace it for fewer: "100", "ddim50", "karras25", ...).
+    shape: (B, C, H, W); noise: x at the first step, of that shape (else drawn from
+    ``generator``/the global RNG). start_index: the first step (default the last, T-1); with a
+    partly noised image as ``noise`` this is SDEdit. The last yielded ``sample`` is the result,
+    nominally in [-1, 1].
     """
-    if sampler == "ancestral":
-        step_fn: Callable[..., StepOutput] = p_sample
-        extra: dict[str, Any] = {}
-    elif sampler == "ddim":
-        step_fn, extra = ddim_sample, {"eta": validate_eta(eta)}
-    else:
-        raise ValueError(f"sampler: unknown sampler {sampler!r}; expected 'ancestral' or 'ddim'")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler: unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+    if sampler == "ddim":
+        eta = validate_eta(eta)
     shape = tuple(shape)
     if noise is not None:
         if tuple(noise.shape) != shape:
@@ -191,22 +256,27 @@ def sample_progressive(
         if device is None:
             device = "cpu"
         x = torch.randn(shape, generator=generator, device=device)
-    indices = range(diffusion.num_timesteps - 1, -1, -1)
+    first = diffusion.num_timesteps - 1 if start_index is None else start_index
+    if not isinstance(first, int) or not 0 <= first < diffusion.num_timesteps:
+        raise ValueError(
+            f"start_index must be an int in [0, {diffusion.num_timesteps}), got {start_index!r}"
+        )
+    indices = list(range(first, -1, -1))
+    common = dict(
+        clip_denoised=clip_denoised,
+        denoised_fn=denoised_fn,
+        cond_fn=cond_fn,
+        model_kwargs=model_kwargs,
+    )
+    if sampler == "dpm++2m":
+        yield from dpmpp_2m_progressive(diffusion, model, x, indices, progress=progress, **common)
+        return
+    step_fn: Callable[..., StepOutput] = p_sample if sampler == "ancestral" else ddim_sample
+    extra: dict[str, Any] = {"eta": eta} if sampler == "ddim" else {}
     for i in tqdm(indices, disable=not progress, desc=sampler, leave=False):
         t = torch.full((shape[0],), i, device=x.device, dtype=torch.long)
         with torch.no_grad():
-            out = step_fn(
-                diffusion,
-                model,
-                x,
-                t,
-                clip_denoised=clip_denoised,
-                denoised_fn=denoised_fn,
-                cond_fn=cond_fn,
-                model_kwargs=model_kwargs,
-                generator=generator,
-                **extra,
-            )
+            out = step_fn(diffusion, model, x, t, generator=generator, **common, **extra)
         yield out
         x = out.sample
 

@@ -43,11 +43,44 @@ def named_beta_schedule(name: str, num_steps: int) -> np.ndarray:
 _FAST27_SECTIONS = "10,10,3,2,2"
 
 
-def space_timesteps(num_steps: int, respacing: str) -> list[int]:
+def karras_timesteps(
+    betas: np.ndarray, count: int, rho: float = 7.0, sigma_max: float = 80.0
+) -> list[int]:
+    """``count`` steps spaced as in Karras et al. (2022).
+
+    The last original step T-1 (pure noise, where colour and layout are decided) is always
+    kept; the other count-1 steps are spaced evenly in sigma^(1/rho), sigma = sqrt((1-abar)/abar),
+    from min(sigma(T-1), sigma_max) down to sigma(0), each mapped to the nearest original step in
+    log sigma. Karras' sigma_max of 80 matters for the cosine schedule, whose sigma(T-1) is ~2e4.
+    """
+    num_steps = len(betas)
+    if not 2 <= count <= num_steps:
+        raise ValueError(
+            f"timestep_respacing: karras needs between 2 and {num_steps} steps, got {count}"
+        )
+    if count == 2:
+        return [0, num_steps - 1]
+    abar = np.cumprod(1.0 - betas)
+    log_sigmas = 0.5 * np.log((1.0 - abar) / abar)
+    smin, smax = np.exp(log_sigmas[0]), min(np.exp(log_sigmas[-1]), sigma_max)
+    ramp = np.linspace(0.0, 1.0, count - 1)
+    targets = (smax ** (1 / rho) + ramp * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
+    kept = {num_steps - 1} | {int(np.abs(log_sigmas - np.log(s)).argmin()) for s in targets}
+    # Near t = 0 several targets can land on one step; fill with the smallest unused steps so
+    # the count is what was asked for.
+    candidate = 0
+    while len(kept) < count:
+        kept.add(candidate)
+        candidate += 1
+    return sorted(kept)
+
+
+def space_timesteps(num_steps: int, respacing: str, betas: np.ndarray | None = None) -> list[int]:
     """Which of the ``num_steps`` original steps a respaced process keeps (sorted).
 
     respacing: "" (all), "N" (N evenly spread steps), "a,b,c" (the process split into equal
-    sections with a, b, c steps each), "ddimN" (a fixed stride giving exactly N), "fast27".
+    sections with a, b, c steps each), "ddimN" (a fixed stride giving exactly N), "fast27",
+    "karrasN" (N steps spaced as Karras et al.; needs the schedule's ``betas``).
     """
     if not isinstance(respacing, str):
         raise TypeError(f"timestep_respacing must be a str, got {type(respacing).__name__}")
@@ -58,6 +91,16 @@ def space_timesteps(num_steps: int, respacing: str) -> list[int]:
         steps = space_timesteps(num_steps, _FAST27_SECTIONS)
         steps[-1] = num_steps - 3
         return sorted(steps)
+    if spec.startswith("karras"):
+        if betas is None:
+            raise ValueError("timestep_respacing: 'karrasN' needs the schedule's betas")
+        try:
+            count = int(spec[len("karras") :])
+        except ValueError:
+            raise ValueError(
+                f"timestep_respacing: cannot parse {respacing!r}; expected e.g. 'karras25'"
+            ) from None
+        return karras_timesteps(betas, count)
     if spec.startswith("ddim"):
         try:
             desired = int(spec[len("ddim") :])
