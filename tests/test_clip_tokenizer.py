@@ -9,6 +9,7 @@ import pytest
 from conftest import REFERENCE
 
 from glidekit.clip import ClipTokenizer, default_vocab_path
+from glidekit.clip.tokenizer import PACKAGED_VOCAB
 
 VOCAB = REFERENCE / "vocab" / "bpe_simple_vocab_16e6.txt.gz"
 GOLDEN = json.loads((REFERENCE / "tokenizer_golden.json").read_text())
@@ -52,16 +53,20 @@ def test_bad_arguments(tokenizer: ClipTokenizer) -> None:
         tokenizer.padded_tokens_and_len([1, 2], 1)
 
 
-def test_default_location_and_missing_vocab(tmp_path, monkeypatch) -> None:
+def test_packaged_vocab_and_cache_override(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("GLIDEKIT_CACHE", str(tmp_path))
+    # Nothing in the cache: the vocabulary shipped in the package is used, no download.
+    assert default_vocab_path() == PACKAGED_VOCAB
+    assert PACKAGED_VOCAB.read_bytes() == VOCAB.read_bytes()
+    assert ClipTokenizer().encode("a corgi") == [320, 31320]
+    # A copy in the cache takes precedence.
     expected = tmp_path / "vocab" / "bpe_simple_vocab_16e6.txt.gz"
-    assert default_vocab_path() == expected
-    with pytest.raises(FileNotFoundError, match="bpe_simple_vocab_16e6.txt.gz") as info:
-        ClipTokenizer()
-    assert str(expected) in str(info.value)
     expected.parent.mkdir()
     shutil.copy(VOCAB, expected)
-    assert ClipTokenizer().encode("a corgi") == [320, 31320]
+    assert default_vocab_path() == expected
+    with pytest.raises(FileNotFoundError, match="vocab_path") as info:
+        ClipTokenizer(tmp_path / "missing.txt.gz")
+    assert "missing.txt.gz" in str(info.value)
 
 
 def test_not_a_merges_file(tmp_path) -> None:

@@ -5,9 +5,9 @@ one space, lower-cased), split with the CLIP pre-tokenisation regex, mapped byte
 the GPT-2 byte-to-unicode table and merged with word-final (``</w>``) BPE. The literal strings
 ``<|startoftext|>`` / ``<|endoftext|>`` become the special ids 49406 / 49407.
 
-The vocabulary is the merges file ``bpe_simple_vocab_16e6.txt.gz`` shipped with GLIDE. By default
-it is looked up in the glidekit cache directory (``$GLIDEKIT_CACHE``, else
-``~/.cache/glidekit``) under ``vocab/``; pass ``vocab_path`` to read it from elsewhere.
+The vocabulary is the merges file ``bpe_simple_vocab_16e6.txt.gz`` shipped with GLIDE (and CLIP,
+MIT licence); glidekit ships it inside the package, so nothing is downloaded. A copy in the cache
+directory's ``vocab/`` folder takes precedence; pass ``vocab_path`` to read it from elsewhere.
 """
 
 from __future__ import annotations
@@ -33,18 +33,21 @@ _PATTERN = regex.compile(
 _WHITESPACE = regex.compile(r"\s+")
 
 
+PACKAGED_VOCAB = Path(__file__).with_name(VOCAB_FILENAME)
+
+
 def default_cache_dir() -> Path:
-    """The glidekit cache directory: ``$GLIDEKIT_CACHE`` (if set and non-empty) or
-    ``~/.cache/glidekit``."""
-    env = os.environ.get("GLIDEKIT_CACHE")
-    if env:
-        return Path(env).expanduser().absolute()
-    return Path.home() / ".cache" / "glidekit"
+    """The glidekit cache directory (see :func:`glidekit.checkpoints.cache.cache_dir`)."""
+    from glidekit.checkpoints.cache import cache_dir
+
+    return cache_dir()
 
 
 def default_vocab_path() -> Path:
-    """Where the CLIP merges file is expected by default: ``<cache>/vocab/<VOCAB_FILENAME>``."""
-    return default_cache_dir() / "vocab" / VOCAB_FILENAME
+    """The CLIP merges file used by default: ``<cache>/vocab/<VOCAB_FILENAME>`` if a user put one
+    there, else the copy shipped inside the package."""
+    cached = default_cache_dir() / "vocab" / VOCAB_FILENAME
+    return cached if cached.is_file() or not PACKAGED_VOCAB.is_file() else PACKAGED_VOCAB
 
 
 def bytes_to_unicode() -> dict[int, str]:
