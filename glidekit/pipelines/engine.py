@@ -1,0 +1,292 @@
+"""The two-stage sampling every pipeline runs: the base model at 64x64, then the upsampler.
+
+:class:`GlidePipeline` holds the models (loaded lazily, once), the device and dtype, and
+:meth:`GlidePipeline._generate`, which wires tokenizer, text encoder, guidance, samplers and
+the optional source image, known-region mask and SDEdit start together. The public pipelines
+(:mod:`glidekit.pipelines`) only check their arguments and prepare inputs.
+
+Random numbers: one ``torch.Generator`` on the pipeline's device, seeded with ``seed``, supplies
+in order the base stage's start noise and every step's noise, then the upsampler's — the order
+of the official notebooks, so a seed means the same images for the same batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from glidekit.guidance import ClassifierFreeGuidance, known_region_replacer
+from glidekit.pipelines.common import (
+    LoadedModel,
+    ModelSlot,
+    ModelSource,
+    PipelineResult,
+    check_number,
+    default_source,
+    dtype_name,
+    get_sampler,
+    jsonable,
+    resolve_device,
+    resolve_dtype,
+    respacing_spelling,
+    tensor_to_images,
+)
+from glidekit.tokenizer import tokenize_batch
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT = object()  # "use the default model" in from_pretrained
+
+
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """Round [-1, 1] images to the 8-bit grid, as the upsampler's low-res input is in the notebooks."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+
+
+def start_index(strength: float, num_steps: int) -> int:
+    """The step SDEdit starts from: strength 1 is the last (noisiest) step, small ones step 0."""
+    return min(num_steps - 1, max(0, round(strength * num_steps) - 1))
+
+
+@dataclass
+class Stage:
+    """What one stage (base or upsampler) is asked to do."""
+
+    steps: str
+    sampler: str
+    sampler_options: dict[str, Any]
+    guidance_scale: float | None = None  # classifier-free guidance; None: plain model
+    temperature: float = 1.0  # scale of the start noise
+    strength: float | None = None  # SDEdit start from the source; None: from pure noise
+    source: torch.Tensor | None = None  # (1, 3, S, S) in [-1, 1]
+    keep: torch.Tensor | None = None  # (1, 1, S, S), 1 = keep the source
+    low_res: torch.Tensor | None = None  # (B, 3, s, s), upsampler only
+    cond_fn: Any = None  # e.g. CLIP guidance, called on the stage's rows
+
+
+class GlidePipeline:
+    """Base class: a base model and an optional upsampler on one device.
+
+    ``base`` / ``upsampler``: anything :class:`~glidekit.pipelines.common.ModelSlot` accepts (a
+    released name, a glidekit model file, a released-layout checkpoint file, a ``GlideUNet`` or
+    a ``(model, DiffusionConfig, tokenizer)`` tuple); ``upsampler=None`` stops at the base
+    resolution. ``device``: "auto" (cuda, then mps, then cpu) or a torch device. ``dtype``:
+    "auto" (fp16 on GPUs, fp32 on CPU), "fp32", "fp16" or "bf16". Models load on first use.
+    """
+
+    pipeline_name: ClassVar[str] = "glide"
+    base_role: ClassVar[str | None] = "base"
+    upsampler_role: ClassVar[str] = "upsampler"
+
+    def __init__(
+        self,
+        base: ModelSource | None = None,
+        upsampler: ModelSource | None = None,
+        *,
+        device: str | torch.device | None = "auto",
+        dtype: str | torch.dtype | None = "auto",
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        if self.base_role is not None and base is None:
+            raise ValueError(f"{self.base_role}: a base model is required")
+        self.base_slot = (
+            ModelSlot(base, self.base_role, cache_dir)
+            if self.base_role and base is not None
+            else None
+        )
+        self.upsampler_slot = (
+            ModelSlot(upsampler, self.upsampler_role, cache_dir) if upsampler is not None else None
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base: ModelSource | None = None,
+        upsampler: ModelSource | None = _DEFAULT,  # type: ignore[assignment]
+        **kwargs: Any,
+    ):
+        """A pipeline on named/saved models; no arguments: the package's default models.
+
+        ``base``: released name or path (default: ``glidekit.models.default_base()`` if the
+        package ships models, else the released name). ``upsampler``: the same, or None for
+        none. Keyword arguments go to the constructor (device, dtype, cache_dir). Nothing is
+        loaded until the first call.
+        """
+        if cls.base_role is not None and base is None:
+            base = default_source(cls.base_role)
+        if upsampler is _DEFAULT:
+            upsampler = default_source(cls.upsampler_role)
+        return cls(base, upsampler, **kwargs)
+
+    # ------------------------------------------------------------------ models
+    @property
+    def base(self) -> LoadedModel:
+        if self.base_slot is None:
+            raise ValueError(f"{self.pipeline_name}: this pipeline has no base model")
+        lm = self.base_slot.get(self.device, self.dtype)
+        if lm.model.config.super_res:
+            raise ValueError(
+                f"base: {lm.label} is a super-resolution model ({lm.model.config.kind}); "
+                "pass it as the upsampler"
+            )
+        return lm
+
+    @property
+    def upsampler(self) -> LoadedModel | None:
+        if self.upsampler_slot is None:
+            return None
+        lm = self.upsampler_slot.get(self.device, self.dtype)
+        if not lm.model.config.super_res:
+            raise ValueError(
+                f"upsampler: {lm.label} is not a super-resolution model ({lm.model.config.kind})"
+            )
+        return lm
+
+    def _generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def _params(self, **params: Any) -> dict[str, Any]:
+        from glidekit import __version__
+
+        out = {
+            "pipeline": self.pipeline_name,
+            "base": self.base_slot.label if self.base_slot else None,
+            "upsampler": self.upsampler_slot.label if self.upsampler_slot else None,
+            "device": str(self.device),
+            "dtype": dtype_name(self.dtype),
+            "glidekit_version": __version__,
+        }
+        out.update(params)
+        return jsonable(out)
+
+    # ------------------------------------------------------------------ sampling
+    def _stage(
+        self,
+        lm: LoadedModel,
+        prompts: list[str],
+        stage: Stage,
+        generator: torch.Generator,
+        progress: bool,
+        arg_prefix: str = "",
+    ) -> torch.Tensor:
+        """Sample one stage for ``prompts`` (B rows); returns (B, 3, S, S)."""
+        model = lm.model
+        cfg = model.config
+        size = cfg.image_size
+        b = len(prompts)
+        loop = get_sampler(stage.sampler, f"{arg_prefix}sampler")
+        diffusion = lm.process(stage.steps, f"{arg_prefix}steps")
+        n_steps = diffusion.num_timesteps
+
+        guided = stage.guidance_scale is not None
+        rows = prompts + [""] * b if guided else list(prompts)
+        n = len(rows)
+        tokens, mask = tokenize_batch(lm.tokenizer, rows, cfg.text_ctx, self.device)
+        with torch.no_grad():
+            text = model.encode_text(tokens, mask)
+        model.del_cache()
+        model_kwargs: dict[str, Any] = {"text": text}
+        if stage.low_res is not None:
+            model_kwargs["low_res"] = stage.low_res.to(self.device).repeat(n // b, 1, 1, 1)
+
+        source = keep = None
+        if stage.source is not None:
+            source = stage.source.to(self.device).expand(n, -1, size, size)
+        if stage.keep is not None:
+            keep = stage.keep.to(self.device).expand(n, -1, size, size)
+        if cfg.inpaint and source is not None and keep is not None:
+            model_kwargs["inpaint_image"] = source
+            model_kwargs["inpaint_mask"] = keep
+        denoised_fn = known_region_replacer(source, keep) if keep is not None else None
+        model_fn = ClassifierFreeGuidance(model, stage.guidance_scale) if guided else model
+
+        shape = (n, 3, size, size)
+        noise = torch.randn(shape, generator=generator, device=self.device)
+        if stage.strength is None:
+            start = n_steps - 1
+            x = noise * stage.temperature
+        else:
+            if source is None:
+                raise ValueError("strength needs a source image")
+            start = start_index(stage.strength, n_steps)
+            t = torch.full((n,), start, dtype=torch.long, device=self.device)
+            x = diffusion.q_sample(source, t, noise=noise * stage.temperature)
+        final = None
+        for out in loop(
+            diffusion,
+            model_fn,
+            x,
+            range(start, -1, -1),
+            generator=generator,
+            clip_denoised=True,
+            denoised_fn=denoised_fn,
+            cond_fn=stage.cond_fn,
+            model_kwargs=model_kwargs,
+            progress=progress,
+            **stage.sampler_options,
+        ):
+            final = out.sample
+        assert final is not None
+        result = final[:b].float()
+        if keep is not None:  # the known region, exactly (the last step already nearly is)
+            result = result * (1 - keep[:b]) + source[:b] * keep[:b]
+        return result.clamp(-1, 1)
+
+    def _run(
+        self,
+        prompts: list[str],
+        *,
+        seed: int,
+        base_stage: Stage | None,
+        up_stage: Stage | None,
+        progress: bool = False,
+        **params: Any,
+    ) -> PipelineResult:
+        generator = self._generator(seed)
+        low = None
+        if base_stage is not None:
+            low = self._stage(self.base, prompts, base_stage, generator, progress)
+        final = low
+        if up_stage is not None:
+            up = self.upsampler
+            assert up is not None
+            if up_stage.low_res is None:
+                assert low is not None
+                up_stage.low_res = quantize(low)
+            final = self._stage(up, prompts, up_stage, generator, progress, "upsample_")
+        assert final is not None
+        images = tensor_to_images(final)
+        return PipelineResult(
+            images=images,
+            params=self._params(
+                prompts=prompts,
+                seed=seed,
+                size=final.shape[-1],
+                **({} if up_stage is not None else {"upsampler": None}),
+                **params,
+            ),
+            samples=final.detach().cpu(),
+            low_res=tensor_to_images(low) if (low is not None and up_stage is not None) else None,
+        )
+
+
+def upsample_stage_args(
+    upsample_steps: int | str,
+    upsample_sampler: str,
+    upsample_temp: float,
+    upsample_sampler_options: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Checked upsampler-stage arguments (also recorded in the params)."""
+    get_sampler(upsample_sampler, "upsample_sampler")
+    return {
+        "upsample_steps": respacing_spelling(upsample_steps, "upsample_steps"),
+        "upsample_sampler": upsample_sampler,
+        "upsample_temp": check_number(upsample_temp, "upsample_temp", low=0.0),
+        "upsample_sampler_options": dict(upsample_sampler_options or {}),
+    }

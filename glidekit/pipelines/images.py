@@ -1,0 +1,297 @@
+"""Images in and out of the pipelines.
+
+In: any image Pillow reads (RGBA, grayscale, palette, 16-bit, EXIF-rotated JPEG, ...) through
+:func:`glidekit.data.transforms.load_image`; non-square images are centre-cropped
+(``fit="crop"``) or padded with mid grey (``fit="pad"``) to a square, then resized with bicubic
+resampling as the official notebooks do.
+
+Masks: **white (or True / 1) marks the region to replace**, black the region to keep; any
+Pillow image (converted to grayscale, threshold 50%) or a tensor/array. Without a mask, an
+image's alpha channel is used: transparent (alpha < 50%) = replace. Internally the models take
+the opposite, ``inpaint_mask`` = 1 where the source is KEPT; :func:`prepare_keep_masks` returns
+that form.
+
+Out: PNG files carrying their parameters as text chunks: one JSON object under the key
+``glidekit`` (read back by :func:`read_png_params`) plus readable ``prompt``, ``seed``,
+``model``, ``sampler``, ``steps`` and ``guidance_scale`` keys. :func:`save_png` never
+overwrites: an existing name gets a ``-1``, ``-2``, ... suffix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, PngImagePlugin
+
+from glidekit.data.transforms import load_image, to_tensor
+
+FITS = ("crop", "pad")
+PNG_KEY = "glidekit"
+_PAD_GREY = (128, 128, 128)
+
+ImageInput = Any  # str | os.PathLike | bytes | PIL.Image.Image | torch.Tensor (3, H, W) in [-1, 1]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _open(source: ImageInput, name: str) -> Image.Image:
+    """Decode ``source`` keeping its mode (EXIF orientation applied)."""
+    if isinstance(source, Image.Image):
+        img = source
+    elif isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: {str(source)!r} is not a file")
+        try:
+            img = Image.open(path)
+            img.load()
+        except OSError as exc:  # includes UnidentifiedImageError
+            raise ValueError(f"{name}: cannot read {str(source)!r} as an image ({exc})") from None
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        import io
+
+        try:
+            img = Image.open(io.BytesIO(bytes(source)))
+            img.load()
+        except OSError as exc:
+            raise ValueError(f"{name}: cannot decode the image bytes ({exc})") from None
+    else:
+        raise TypeError(
+            f"{name} must be a path, bytes, a PIL image or a tensor, got {type(source).__name__}"
+        )
+    if img.width < 1 or img.height < 1:
+        raise ValueError(f"{name}: the image is empty ({img.width}x{img.height})")
+    return ImageOps.exif_transpose(img)
+
+
+def _tensor_to_pil(t: torch.Tensor, name: str) -> Image.Image:
+    if t.ndim == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim != 3 or t.shape[0] != 3:
+        raise ValueError(
+            f"{name}: a tensor image must be (3, H, W) in [-1, 1], got {tuple(t.shape)}"
+        )
+    arr = ((t.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return Image.fromarray(arr.permute(1, 2, 0).numpy(), mode="RGB")
+
+
+def read_rgb(source: ImageInput, name: str = "image") -> Image.Image:
+    """The 8-bit RGB picture of ``source`` (transparency composited on white)."""
+    if isinstance(source, torch.Tensor):
+        return _tensor_to_pil(source, name)
+    return load_image(_open(source, name))
+
+
+def read_alpha(source: ImageInput, name: str = "image") -> Image.Image | None:
+    """The alpha channel of ``source`` as an "L" image, or None if it has none."""
+    if isinstance(source, torch.Tensor):
+        return None
+    img = _open(source, name)
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        img.mode in ("P", "L", "RGB") and "transparency" in img.info
+    ):
+        return img.convert("RGBA").getchannel("A")
+    return None
+
+
+def read_replace_mask(mask: Any, name: str = "mask") -> Image.Image:
+    """A user's mask as an "L" image: 255 = replace, 0 = keep (white = replace)."""
+    if isinstance(mask, np.ndarray):
+        mask = torch.from_numpy(mask)
+    if isinstance(mask, torch.Tensor):
+        m = mask.detach().float().cpu()
+        while m.ndim > 2 and m.shape[0] == 1:
+            m = m[0]
+        if m.ndim != 2:
+            raise ValueError(
+                f"{name}: a tensor mask must be (H, W) or (1, H, W), got {tuple(mask.shape)}"
+            )
+        if m.numel() and m.max() > 1:
+            m = m / 255.0
+        arr = ((m >= 0.5).numpy().astype(np.uint8)) * 255
+        return Image.fromarray(arr, mode="L")
+    # Any mode to 8-bit grey (transparent parts of a mask image composite to white: replace).
+    gray = np.asarray(load_image(_open(mask, name)).convert("L"))
+    return Image.fromarray(((gray >= 128).astype(np.uint8)) * 255, mode="L")
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def check_fit(fit: str, name: str = "fit") -> str:
+    if fit not in FITS:
+        raise ValueError(f"{name}: unknown fit {fit!r}; expected one of {', '.join(FITS)}")
+    return fit
+
+
+def fit_square(img: Image.Image, fit: str, fill: int | tuple[int, ...]) -> Image.Image:
+    """Centre-crop (``"crop"``) or pad with ``fill`` (``"pad"``) to a square."""
+    w, h = img.size
+    if w == h:
+        return img
+    if fit == "crop":
+        side = min(w, h)
+        left, top = (w - side) // 2, (h - side) // 2
+        return img.crop((left, top, left + side, top + side))
+    side = max(w, h)
+    out = Image.new(img.mode, (side, side), fill)
+    out.paste(img, ((side - w) // 2, (side - h) // 2))
+    return out
+
+
+def resize(img: Image.Image, size: int) -> Image.Image:
+    """Bicubic resize to ``size`` x ``size`` (a no-op at that size), as the notebooks do."""
+    return img if img.size == (size, size) else img.resize((size, size), Image.BICUBIC)
+
+
+def prepare_image(source: ImageInput, sizes: Sequence[int], fit: str = "crop",
+                  name: str = "image") -> list[torch.Tensor]:  # fmt: skip
+    """``source`` squared by ``fit`` and resized to each of ``sizes``: (1, 3, S, S) in [-1, 1]."""
+    check_fit(fit)
+    square = fit_square(read_rgb(source, name), fit, _PAD_GREY)
+    return [to_tensor(resize(square, s))[None] for s in sizes]
+
+
+def prepare_keep_masks(
+    image: ImageInput,
+    mask: Any | None,
+    sizes: Sequence[int],
+    fit: str = "crop",
+    *,
+    image_name: str = "image",
+    mask_name: str = "mask",
+) -> list[torch.Tensor]:
+    """Keep masks (1 = keep the source, 0 = replace) of shape (1, 1, S, S) for ``sizes``.
+
+    ``mask``: white = replace (see the module doc); None takes ``image``'s alpha channel
+    (transparent = replace). The mask must have the image's size (before fitting); it is
+    squared the same way as the image (padding counts as keep), resized to the largest size
+    (bilinear, then thresholded at 50%), and each smaller size keeps a pixel only if every
+    larger pixel it covers is kept, so a known low-res pixel never mixes in replaced content.
+    """
+    check_fit(fit)
+    if mask is None:
+        alpha = read_alpha(image, image_name)
+        if alpha is None:
+            raise ValueError(
+                f"{mask_name}: no mask given and {image_name} has no alpha channel; pass a mask "
+                "(white = region to replace) or an image with transparent holes"
+            )
+        replace = Image.fromarray(((np.asarray(alpha) < 128).astype(np.uint8)) * 255, mode="L")
+    else:
+        replace = read_replace_mask(mask, mask_name)
+        if not isinstance(image, torch.Tensor):
+            img_size = read_rgb(image, image_name).size
+        else:
+            img_size = (image.shape[-1], image.shape[-2])
+        if replace.size != img_size:
+            raise ValueError(
+                f"{mask_name}: mask size {replace.size[0]}x{replace.size[1]} does not match "
+                f"{image_name} size {img_size[0]}x{img_size[1]}"
+            )
+    square = fit_square(replace, fit, 0)
+    order = sorted(set(sizes), reverse=True)
+    top = order[0]
+    big = square if square.size == (top, top) else square.resize((top, top), Image.BILINEAR)
+    keep = torch.from_numpy((np.asarray(big) < 128).astype(np.float32))[None, None]
+    out = {top: keep}
+    for s in order[1:]:
+        out[s] = -F.adaptive_max_pool2d(-out[top], s)
+    return [out[s] for s in sizes]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def output_stem(prompt: str, seed: int, max_len: int = 48) -> str:
+    """A file-name stem from a prompt and seed: ``an-oil-painting-of-a-corgi-s42``."""
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:max_len].strip("-")
+    return f"{slug or 'image'}-s{seed}"
+
+
+def fresh_path(path: str | os.PathLike) -> Path:
+    """``path`` if free, else the first free ``<stem>-1<suffix>``, ``-2``, ... (not created)."""
+    path = Path(path)
+    if not path.exists():
+        return path
+    n = 1
+    while True:
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        if not candidate.exists():
+            return candidate
+        n += 1
+
+
+def png_info(params: dict[str, Any]) -> PngImagePlugin.PngInfo:
+    from glidekit import __version__
+    from glidekit.pipelines.common import jsonable
+
+    info = PngImagePlugin.PngInfo()
+    data = jsonable(params)
+    info.add_text(PNG_KEY, json.dumps(data, sort_keys=True))
+    readable = {
+        "prompt": data.get("prompt"),
+        "seed": data.get("seed"),
+        "model": data.get("base") or data.get("upsampler"),
+        "upsampler": data.get("upsampler"),
+        "sampler": data.get("sampler"),
+        "steps": data.get("steps"),
+        "guidance_scale": data.get("guidance_scale"),
+    }
+    for key, value in readable.items():
+        if value is not None:
+            info.add_itxt(key, str(value))
+    info.add_text("Software", f"glidekit {__version__}")
+    return info
+
+
+def save_png(image: Image.Image, path: str | os.PathLike, params: dict[str, Any]) -> Path:
+    """Write ``image`` with ``params`` in its metadata to ``path`` or a fresh variant of it.
+
+    The file is created exclusively, so a file that appears meanwhile is not overwritten either.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = png_info(params)
+    while True:
+        target = fresh_path(path)
+        try:
+            with open(target, "xb") as f:
+                image.save(f, format="PNG", pnginfo=info)
+            return target
+        except FileExistsError:  # raced with another writer; try the next name
+            continue
+
+
+def read_png_params(path: str | os.PathLike, name: str = "--from") -> dict[str, Any]:
+    """The params a glidekit PNG was made with (its ``glidekit`` text chunk)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: {str(path)!r} is not a file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            text = dict(getattr(img, "text", {}) or img.info)
+    except OSError as exc:
+        raise ValueError(f"{name}: cannot read {str(path)!r} as an image ({exc})") from None
+    raw = text.get(PNG_KEY)
+    if raw is None:
+        raise ValueError(f"{name}: {str(path)!r} carries no glidekit parameters")
+    try:
+        params = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{name}: the glidekit parameters of {str(path)!r} are corrupt ({exc})"
+        ) from None
+    if not isinstance(params, dict):
+        raise ValueError(f"{name}: the glidekit parameters of {str(path)!r} are not an object")
+    return params
