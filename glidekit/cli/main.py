@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 # Sub-command modules, imported lazily so ``glidekit --help`` stays fast.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("glidekit.cli.checkpoints",)
+SUBCOMMAND_MODULES: tuple[str, ...] = ("glidekit.cli.checkpoints", "glidekit.cli.train")
 
 
 class UsageError(Exception):

@@ -1,0 +1,510 @@
+"""Training configuration: nested dataclasses read from YAML or JSON, with dotted overrides.
+
+A config file is a mapping of sections::
+
+    model:     {kind: text2im, init: null, <UNetConfig or CLIPConfig fields>...}
+    diffusion: {steps: 1000, noise_schedule: auto}
+    data:      {kind: shapes, ...}
+    optim:     {lr: 1.0e-4, warmup_steps: 0, grad_clip: 1.0, ema_decay: 0.9999, ...}
+    train:     {steps: 1000, batch_size: 8, precision: fp32, out_dir: runs/x, ...}
+    sample:    {every: 500, prompts: [...], steps: "25", guidance_scale: 3.0, ...}
+    export:    {dtype: fp32}
+
+Every key can be overridden as ``section.key=value`` (the value is parsed as YAML, so
+``optim.lr=1e-4``, ``model.channel_mult=[1,2,2]`` and ``model.init=null`` work). Unknown
+keys and bad values raise :class:`ValueError` naming the dotted key and what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from glidekit.clip.config import CLIPConfig
+from glidekit.nn.config import CONFIG_CLASSES, UNetConfig
+
+#: Model kinds: the four UNets plus the noise-aware CLIP.
+MODEL_KINDS: tuple[str, ...] = (*CONFIG_CLASSES, "clip")
+DATA_KINDS: tuple[str, ...] = ("shapes", "folder", "shards")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+TOKENIZERS: tuple[str, ...] = ("auto", "gpt2", "shapes", "clip")
+SCHEDULES: tuple[str, ...] = ("auto", "squaredcos_cap_v2", "linear")
+
+
+def _suggest(key: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_keys(section: str, d: Mapping[str, Any], known: Sequence[str]) -> None:
+    for key in d:
+        if key not in known:
+            name = f"{section}.{key}" if section else str(key)
+            raise ValueError(
+                f"unknown config key {name!r}{_suggest(str(key), known)}; "
+                f"valid keys{' of ' + section if section else ''}: {', '.join(sorted(known))}"
+            )
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Check/convert ``value`` to the field type ``annotation`` (a resolved typing object)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(name, value, arg)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(errors[0] if errors else f"{name}: bad value {value!r}")
+    if annotation is Any:
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise ValueError(f"{name} must be a list, got {value!r}")
+        inner = args[0] if args else Any
+        items = [_coerce(f"{name}[{i}]", v, inner) for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"{name} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return str(value)
+            raise ValueError(f"{name} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, section: str, d: Mapping[str, Any] | None) -> Any:
+    """Instantiate dataclass ``cls`` from ``d``, checking keys and value types."""
+    d = {} if d is None else d
+    if not isinstance(d, Mapping):
+        raise ValueError(f"config section {section!r} must be a mapping, got {type(d).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _check_keys(section, d, list(fields))
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _coerce(f"{section}.{k}", v, hints[k]) for k, v in d.items()}
+    return cls(**kwargs)
+
+
+def _choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _positive(name: str, value: float, *, zero_ok: bool = False) -> None:
+    if value < 0 or (value == 0 and not zero_ok):
+        raise ValueError(f"{name} must be {'>= 0' if zero_ok else 'positive'}, got {value!r}")
+
+
+@dataclass
+class ModelSection:
+    """``model``: what to train and where its weights start.
+
+    kind: text2im | inpaint | super_res | super_res_inpaint | clip.
+    init: ``null`` (from scratch), a released name (``base``, ``upsample``, ``base-inpaint``,
+        ``upsample-inpaint``; ``clip`` for the released CLIP pair), a ``.pt``/``.safetensors``
+        checkpoint path, or a glidekit bundle (``export.safetensors``). With a released name or
+        a bundle, the architecture defaults to that model's; keys given here override it.
+    arch: the remaining keys, fields of :class:`~glidekit.nn.config.UNetConfig` (or
+        :class:`~glidekit.clip.config.CLIPConfig` for ``kind: clip``).
+    """
+
+    kind: str = "text2im"
+    init: str | None = None
+    arch: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> ModelSection:
+        d = dict(d or {})
+        if not isinstance(d, dict):
+            raise ValueError("config section 'model' must be a mapping")
+        kind = _coerce("model.kind", d.pop("kind", "text2im"), str)
+        _choice("model.kind", kind, MODEL_KINDS)
+        init = _coerce("model.init", d.pop("init", None), str | None)
+        if kind == "clip":
+            known = [f.name for f in dataclasses.fields(CLIPConfig)]
+        else:
+            known = [f.name for f in dataclasses.fields(CONFIG_CLASSES[kind])]
+        _check_keys("model", d, [*known, "kind", "init"])
+        for key in ("channel_mult", "attention_resolutions"):
+            if key in d:
+                d[key] = list(_coerce(f"model.{key}", d[key], list[int]))
+        return cls(kind=kind, init=init, arch=d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "init": self.init, **self.arch}
+
+    def unet_config(self, base: UNetConfig | None = None, **defaults: Any) -> UNetConfig:
+        """The UNet config: ``base`` (or the kind's defaults), then ``defaults``, then arch keys."""
+        if self.kind == "clip":
+            raise ValueError("model.kind is clip: no UNet config")
+        cls = CONFIG_CLASSES[self.kind]
+        values: dict[str, Any] = {}
+        if base is not None:
+            values = {f.name: getattr(base, f.name) for f in dataclasses.fields(base)}
+        values.update(defaults)
+        values.update(self.arch)
+        for key in ("channel_mult", "attention_resolutions"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return _make(cls, "model", values)
+
+    def clip_config(self, **defaults: Any) -> CLIPConfig:
+        if self.kind != "clip":
+            raise ValueError(f"model.kind is {self.kind}: no CLIP config")
+        values = {**defaults, **self.arch}
+        if "logit_scale" in values:
+            values["logit_scale"] = _coerce("model.logit_scale", values["logit_scale"], float)
+        return _make(CLIPConfig, "model", values)
+
+
+def _make(cls: type, section: str, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    for key, value in list(values.items()):
+        if key in hints and hints[key] in (int, float, bool, str):
+            values[key] = _coerce(f"{section}.{key}", value, hints[key])
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as exc:
+        msg = str(exc)
+        named = next((k for k in values if msg.startswith(k)), None)
+        prefix = f"{section}.{named}" if named else section
+        raise ValueError(f"{prefix}: {msg}") from exc
+
+
+@dataclass
+class DiffusionSection:
+    """``diffusion``: the training process. ``noise_schedule: auto`` = linear for upsamplers,
+    squaredcos_cap_v2 otherwise (as released)."""
+
+    steps: int = 1000
+    noise_schedule: str = "auto"
+
+    def validate(self) -> None:
+        _positive("diffusion.steps", self.steps)
+        _choice("diffusion.noise_schedule", self.noise_schedule, SCHEDULES)
+
+
+@dataclass
+class DataSection:
+    """``data``: where images and captions come from and how batches are made.
+
+    kind: shapes (the generated shapes world), folder (``root``: images with ``.txt``
+        captions) or shards (``shards``: WebDataset-style tars, a path/pattern/folder).
+    length: shapes-world dataset size (items are generated from ``(seed, index)``).
+    caption_dropout: probability of replacing a caption by "" (for classifier-free guidance);
+        ``null`` = 0.2 for diffusion models, 0 for CLIP.
+    low_res_size: upsampler input side (``null`` = image_size / 4).
+    mask_kind: inpainting masks: mixed | box | brush.
+    tokenizer: auto (shapes world's word tokenizer for ``kind: shapes``, else GPT-2; CLIP's
+        own BPE for ``model.kind: clip`` outside the shapes world) | gpt2 | shapes | clip.
+    """
+
+    kind: str = "shapes"
+    root: str | None = None
+    shards: str | None = None
+    length: int = 100_000
+    seed: int = 0
+    caption_dropout: float | None = None
+    low_res_size: int | None = None
+    mask_kind: str = "mixed"
+    tokenizer: str = "auto"
+    shuffle_buffer: int = 1000
+    num_workers: int = 0
+    random_crop: bool = False
+
+    def validate(self) -> None:
+        _choice("data.kind", self.kind, DATA_KINDS)
+        if self.kind == "folder" and not self.root:
+            raise ValueError("data.root is required for data.kind: folder (a folder of images)")
+        if self.kind == "shards" and not self.shards:
+            raise ValueError(
+                "data.shards is required for data.kind: shards (e.g. 'data/{000000..000009}.tar')"
+            )
+        _positive("data.length", self.length)
+        if self.caption_dropout is not None and not 0 <= self.caption_dropout <= 1:
+            raise ValueError(f"data.caption_dropout must be in [0, 1], got {self.caption_dropout}")
+        if self.low_res_size is not None:
+            _positive("data.low_res_size", self.low_res_size)
+        _choice("data.mask_kind", self.mask_kind, ("mixed", "box", "brush"))
+        _choice("data.tokenizer", self.tokenizer, TOKENIZERS)
+        _positive("data.shuffle_buffer", self.shuffle_buffer, zero_ok=True)
+        _positive("data.num_workers", self.num_workers, zero_ok=True)
+
+
+@dataclass
+class OptimSection:
+    """``optim``: AdamW, LR warm-up then constant or cosine, clipping and EMA.
+
+    grad_clip: max global gradient norm (0 = off). ema_decay: EMA of the weights (exported);
+    with ``ema_warmup`` the decay is ``min(ema_decay, (1 + step) / (10 + step))``.
+    """
+
+    lr: float = 1.0e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1.0e-8
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True
+
+    def validate(self) -> None:
+        _positive("optim.lr", self.lr)
+        _positive("optim.weight_decay", self.weight_decay, zero_ok=True)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+        _positive("optim.eps", self.eps)
+        _positive("optim.warmup_steps", self.warmup_steps, zero_ok=True)
+        _choice("optim.schedule", self.schedule, ("constant", "cosine"))
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        _positive("optim.grad_clip", self.grad_clip, zero_ok=True)
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"optim.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+@dataclass
+class TrainSection:
+    """``train``: the loop.
+
+    steps: optimizer steps in total. batch_size: images per process per micro-batch; one step
+    sees ``batch_size * grad_accum * world_size`` images. precision: fp32 | bf16 (autocast;
+    CPU or GPU) | fp16 (GPU only, with a gradient scaler). device: auto | cpu | cuda.
+    out_dir: checkpoint.pt, metrics.jsonl, loss.png, samples/, export.safetensors go here.
+    checkpoint_every / log_every: in steps (0 = only at the end). threads: torch CPU threads
+    (``null`` = leave torch's default).
+    """
+
+    steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    precision: str = "fp32"
+    device: str = "auto"
+    seed: int = 0
+    out_dir: str = "runs/glidekit"
+    log_every: int = 10
+    checkpoint_every: int = 500
+    threads: int | None = None
+    progress: bool = True
+
+    def validate(self) -> None:
+        _positive("train.steps", self.steps)
+        _positive("train.batch_size", self.batch_size)
+        _positive("train.grad_accum", self.grad_accum)
+        _choice("train.precision", self.precision, PRECISIONS)
+        _choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        if not self.out_dir:
+            raise ValueError("train.out_dir must name a folder")
+        _positive("train.log_every", self.log_every, zero_ok=True)
+        _positive("train.checkpoint_every", self.checkpoint_every, zero_ok=True)
+        if self.threads is not None:
+            _positive("train.threads", self.threads)
+
+
+@dataclass
+class SampleSection:
+    """``sample``: periodic sample grids from the EMA model (diffusion models only).
+
+    every: steps between grids (0 = only at the end, -1 = never). prompts: captions to sample
+    (empty = captions of fixed dataset items; upsamplers/inpainters always use fixed items for
+    their low-res/masked inputs). steps: timestep respacing ("25", "ddim25", ...).
+    sampler: ancestral | ddim. guidance_scale: classifier-free guidance scale (1 = none).
+    """
+
+    every: int = 500
+    prompts: list[str] = field(default_factory=list)
+    count: int = 4
+    steps: str = "25"
+    sampler: str = "ancestral"
+    guidance_scale: float = 3.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.every < -1:
+            raise ValueError(f"sample.every must be >= -1, got {self.every}")
+        _positive("sample.count", self.count)
+        _choice("sample.sampler", self.sampler, ("ancestral", "ddim"))
+        if not self.steps:
+            raise ValueError("sample.steps must be a respacing string such as '25' or 'ddim25'")
+
+
+@dataclass
+class ExportSection:
+    """``export``: the EMA weights as a glidekit model file, written at the end of training."""
+
+    dtype: str = "fp32"
+    path: str = "export.safetensors"
+
+    def validate(self) -> None:
+        _choice("export.dtype", self.dtype, ("fp32", "fp16", "bf16"))
+
+
+@dataclass
+class TrainConfig:
+    """The whole training run (see the module docstring for the file format)."""
+
+    model: ModelSection = field(default_factory=ModelSection)
+    diffusion: DiffusionSection = field(default_factory=DiffusionSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    sample: SampleSection = field(default_factory=SampleSection)
+    export: ExportSection = field(default_factory=ExportSection)
+
+    SECTIONS: typing.ClassVar[dict[str, type]] = {
+        "diffusion": DiffusionSection,
+        "data": DataSection,
+        "optim": OptimSection,
+        "train": TrainSection,
+        "sample": SampleSection,
+        "export": ExportSection,
+    }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """Build and validate from a nested mapping; raises ValueError naming the bad key."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"a training config must be a mapping, got {type(d).__name__}")
+        _check_keys("", d, ["model", *cls.SECTIONS])
+        sections = {name: _build(sc, name, d.get(name)) for name, sc in cls.SECTIONS.items()}
+        config = cls(model=ModelSection.from_dict(d.get("model")), **sections)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        for name in self.SECTIONS:
+            getattr(self, name).validate()
+        if self.model.kind == "clip" and self.model.init not in (None, "clip"):
+            path = Path(self.model.init)
+            if not path.is_file():
+                raise ValueError(
+                    f"model.init: {self.model.init!r} is neither 'clip' (the released pair) "
+                    "nor a CLIP file exported by glidekit train"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": self.model.to_dict()}
+        for name in self.SECTIONS:
+            out[name] = dataclasses.asdict(getattr(self, name))
+        return out
+
+
+def set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``d[a][b] = value`` for ``dotted = "a.b"`` (creating sections as needed)."""
+    parts = dotted.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(
+            f"override {dotted!r}: expected section.key=value (e.g. optim.lr=1e-4); "
+            f"sections: model, {', '.join(TrainConfig.SECTIONS)}"
+        )
+    section, key = parts
+    if section not in ("model", *TrainConfig.SECTIONS):
+        raise ValueError(
+            f"override {dotted!r}: unknown section {section!r}"
+            f"{_suggest(section, ['model', *TrainConfig.SECTIONS])}"
+        )
+    target = d.setdefault(section, {})
+    if target is None:
+        target = d[section] = {}
+    target[key] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"optim.lr=1e-4"`` -> ``("optim.lr", 1e-4)`` (the value parsed as YAML)."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r}: expected section.key=value (e.g. train.steps=100)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML (``.yaml``/``.yml``) or JSON (``.json``) config file into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ValueError(f"config file {str(path)!r} is not valid YAML/JSON: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping of sections")
+    return data
+
+
+def load_config(
+    source: str | os.PathLike | Mapping[str, Any] | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+) -> TrainConfig:
+    """Read a config file (or take a dict), apply ``section.key=value`` overrides, validate."""
+    if source is None:
+        data: dict[str, Any] = {}
+    elif isinstance(source, Mapping):
+        data = json.loads(json.dumps(source))  # deep copy, plain types
+    else:
+        data = read_config_file(source)
+    items = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
+    for key, value in items:
+        set_dotted(data, key, value)
+    return TrainConfig.from_dict(data)
+
+
+__all__ = [
+    "DataSection",
+    "DiffusionSection",
+    "ExportSection",
+    "ModelSection",
+    "OptimSection",
+    "SampleSection",
+    "TrainConfig",
+    "TrainSection",
+    "load_config",
+    "parse_override",
+    "read_config_file",
+]

@@ -1,0 +1,313 @@
+"""Training data: datasets from the config, resumable per-rank sample streams, batches.
+
+Streams hand out lists of samples (``{"image": (3, S, S) in [-1, 1], "caption": str, ...}``)
+and record where they are, so a resumed run sees exactly the samples it would have seen:
+
+* :class:`MapStream` (shapes world, image folders): each epoch is a permutation seeded by
+  ``(seed, epoch)``, split over ranks (``perm[rank::world]``); position = (epoch, index).
+* :class:`IterableStream` (tar shards): position = (epoch, samples consumed this epoch), which
+  are skipped on resume.
+
+Everything random per sample beyond the dataset itself (caption dropout, inpainting masks) is
+drawn in the training process from a generator whose state is checkpointed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from glidekit.data import (
+    ImageFolderDataset,
+    ShapesDataset,
+    ShapesTokenizer,
+    TarShardDataset,
+    make_inpaint_example,
+    make_low_res,
+    random_mask,
+)
+from glidekit.data.shapes import canonical_caption, random_scene
+from glidekit.tokenizer import GPT2Tokenizer, Tokenizer
+from glidekit.train.config import DataSection
+
+logger = logging.getLogger(__name__)
+
+
+def make_tokenizer(data: DataSection, model_kind: str, text_ctx: int) -> Any:
+    """The tokenizer named by ``data.tokenizer`` (``auto``: shapes world's for shapes data,
+    CLIP BPE for CLIP models, GPT-2 otherwise)."""
+    name = data.tokenizer
+    if name == "auto":
+        name = "shapes" if data.kind == "shapes" else ("clip" if model_kind == "clip" else "gpt2")
+    if name == "shapes":
+        return ShapesTokenizer(text_ctx=text_ctx)
+    if name == "gpt2":
+        if model_kind == "clip":
+            raise ValueError(
+                "data.tokenizer: gpt2 is not a CLIP tokenizer; use clip or shapes for model.kind: clip"
+            )
+        return GPT2Tokenizer(text_ctx)
+    if model_kind != "clip":
+        raise ValueError(
+            "data.tokenizer: clip only applies to model.kind: clip; use gpt2 or shapes"
+        )
+    from glidekit.clip import ClipTokenizer
+
+    return ClipTokenizer()
+
+
+def make_dataset(data: DataSection, image_size: int, *, rank: int, world_size: int) -> Dataset:
+    """The dataset of ``data.kind`` at ``image_size`` (low-res/masks are made per batch)."""
+    if data.kind == "shapes":
+        return ShapesDataset(data.length, image_size, seed=data.seed)
+    if data.kind == "folder":
+        return ImageFolderDataset(data.root, image_size, random_crop=data.random_crop)  # type: ignore[arg-type]
+    return TarShardDataset(
+        data.shards,  # type: ignore[arg-type]
+        image_size,
+        shuffle_buffer=data.shuffle_buffer,
+        seed=data.seed,
+        rank=rank,
+        world_size=world_size,
+        random_crop=data.random_crop,
+    )
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+class MapStream:
+    """Resumable per-rank batches from a map-style dataset (see the module docstring)."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+    ) -> None:
+        self.dataset = dataset
+        self.n = len(dataset)  # type: ignore[arg-type]
+        if self.n < world_size:
+            raise ValueError(
+                f"data: {self.n} items cannot be split over {world_size} processes; add data"
+            )
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.num_workers = num_workers
+        self.epoch = 0
+        self.index = 0
+        self._it: Iterator[dict] | None = None
+
+    def _indices(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g).tolist()
+        per_rank = -(-self.n // self.world_size)
+        perm += perm[: per_rank * self.world_size - self.n]  # pad so ranks get equal shares
+        return perm[self.rank :: self.world_size]
+
+    def _start(self) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
+        order = self._indices()[self.index :]
+        self._it = iter(
+            DataLoader(
+                self.dataset,
+                batch_size=None,
+                sampler=order,
+                num_workers=self.num_workers,
+                collate_fn=_identity,
+            )
+        )
+
+    def next_batch(self) -> list[dict]:
+        out: list[dict] = []
+        while len(out) < self.batch_size:
+            if self._it is None:
+                self._start()
+            try:
+                out.append(next(self._it))  # type: ignore[arg-type]
+                self.index += 1
+            except StopIteration:
+                self.epoch += 1
+                self.index = 0
+                self._it = None
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"kind": 0, "epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+        self._it = None
+
+
+class IterableStream:
+    """Resumable per-rank batches from an iterable dataset (tar shards)."""
+
+    def __init__(self, dataset: IterableDataset, batch_size: int, *, num_workers: int = 0) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.epoch = 0
+        self.consumed = 0
+        self._it: Iterator[dict] | None = None
+
+    def _start(self) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
+        loader = DataLoader(
+            self.dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_identity
+        )
+        it = iter(loader)
+        if self.consumed:
+            skipped = sum(1 for _ in itertools.islice(it, self.consumed))
+            if skipped < self.consumed:
+                raise ValueError(
+                    f"data: cannot resume at sample {self.consumed} of epoch {self.epoch}: the "
+                    f"stream holds only {skipped}; did data.shards change?"
+                )
+        self._it = it
+
+    def next_batch(self) -> list[dict]:
+        out: list[dict] = []
+        empty_epochs = 0
+        while len(out) < self.batch_size:
+            if self._it is None:
+                self._start()
+            try:
+                out.append(next(self._it))  # type: ignore[arg-type]
+                self.consumed += 1
+                empty_epochs = 0
+            except StopIteration:
+                if self.consumed == 0:
+                    empty_epochs += 1
+                    if empty_epochs > 1:
+                        raise ValueError(
+                            "data.shards: this process's share of the shards holds no readable "
+                            "samples; add shards or samples"
+                        ) from None
+                self.epoch += 1
+                self.consumed = 0
+                self._it = None
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"kind": 1, "epoch": self.epoch, "consumed": self.consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
+        self._it = None
+
+
+def make_stream(
+    dataset: Dataset, data: DataSection, batch_size: int, seed: int, rank: int, world_size: int
+) -> MapStream | IterableStream:
+    if isinstance(dataset, IterableDataset):
+        return IterableStream(dataset, batch_size, num_workers=data.num_workers)
+    return MapStream(
+        dataset,
+        batch_size,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        num_workers=data.num_workers,
+    )
+
+
+def reference_items(data: DataSection, dataset: Dataset, count: int) -> list[dict]:
+    """``count`` fixed samples for the sample grids (canonical captions for the shapes world)."""
+    if data.kind == "shapes":
+        size = dataset.image_size  # type: ignore[attr-defined]
+        ref = ShapesDataset(count, size, seed=data.seed + 7919, canonical=True)
+        return [ref[i] for i in range(count)]
+    if isinstance(dataset, IterableDataset):
+        return list(itertools.islice(iter(dataset), count))
+    return [dataset[i % len(dataset)] for i in range(count)]  # type: ignore[arg-type]
+
+
+def default_prompts(count: int, seed: int = 0) -> list[str]:
+    """Canonical shapes-world captions of ``count`` seeded random scenes."""
+    rng = random.Random(seed)
+    return [canonical_caption(random_scene(rng)) for _ in range(count)]
+
+
+def drop_captions(captions: Sequence[str], p: float, generator: torch.Generator) -> list[str]:
+    """Replace each caption by "" with probability ``p`` (one draw per caption, always)."""
+    draws = torch.rand(len(captions), generator=generator)
+    return ["" if float(u) < p else c for u, c in zip(draws, captions, strict=True)]
+
+
+def conditioning(
+    images: torch.Tensor,
+    *,
+    super_res: bool,
+    inpaint: bool,
+    low_res_size: int,
+    mask_kind: str,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """The UNet's image conditioning for clean ``images`` (B, 3, S, S) in [-1, 1].
+
+    super_res: ``low_res`` (B, 3, L, L) = the images downsampled. inpaint: a random mask per
+    image (1 = known) -> ``inpaint_image`` (B, 3, S, S) (masked), ``inpaint_mask`` (B, 1, S, S).
+    """
+    out: dict[str, torch.Tensor] = {}
+    if super_res:
+        out["low_res"] = make_low_res(images, low_res_size)
+    if inpaint:
+        masks = torch.stack(
+            [random_mask(images.shape[-1], generator, kind=mask_kind) for _ in range(len(images))]
+        )
+        out.update(make_inpaint_example(images, masks))
+    return out
+
+
+def tokenize_shapes_for_clip(
+    tokenizer: ShapesTokenizer, captions: Sequence[str], ctx: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shapes-world captions as CLIP text-encoder input: ids shifted by one (0 = padding),
+    then the end token; returns (tokens (B, ctx) int64, lens (B,) int64 incl. the end token)."""
+    rows, lens = [], []
+    for text in captions:
+        ids = [i + 1 for i in tokenizer.encode(text)][: ctx - 1] + [tokenizer.end_token + 1]
+        lens.append(len(ids))
+        rows.append(ids + [0] * (ctx - len(ids)))
+    return torch.tensor(rows, dtype=torch.long), torch.tensor(lens, dtype=torch.long)
+
+
+def tokenize_for_clip(
+    tokenizer: Tokenizer | Any, captions: Sequence[str], ctx: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Captions -> (tokens (B, ctx), lens (B,)) for the CLIP text encoder."""
+    if isinstance(tokenizer, ShapesTokenizer):
+        return tokenize_shapes_for_clip(tokenizer, captions, ctx)
+    rows, lens = tokenizer.tokenize(list(captions), ctx)
+    return torch.tensor(rows, dtype=torch.long), torch.tensor(lens, dtype=torch.long)
+
+
+__all__ = [
+    "IterableStream",
+    "MapStream",
+    "conditioning",
+    "default_prompts",
+    "drop_captions",
+    "make_dataset",
+    "make_stream",
+    "make_tokenizer",
+    "reference_items",
+    "tokenize_for_clip",
+    "tokenize_shapes_for_clip",
+]
