@@ -120,28 +120,36 @@ class AttentionBlock(nn.Module):
         self.encoder_kv = nn.Conv1d(encoder_channels, channels * 2, 1)
         self.proj_out = nn.Conv1d(channels, channels, 1)
 
+    # The 1x1 convs are applied as linears over (B, tokens, channels): the per-head q/k/v then
+    # come out with a contiguous last dimension, which torch's fused CPU attention kernel needs
+    # (with (B, H, d, T) views it silently falls back to the slow math path).
+    @staticmethod
+    def _linear(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, conv.weight.squeeze(-1), conv.bias)
+
     def text_kv(self, text: TextCondition, dtype: torch.dtype) -> torch.Tensor:
         """(B, heads, text_ctx, 2d) text keys|values, computed once per TextCondition."""
         kv = text.kv.get(self.name)
         if kv is None:
-            b = text.xf_out.shape[0]
-            kv = self.encoder_kv(text.xf_out.to(self.encoder_kv.weight.dtype))  # (B, 2C, L)
-            kv = kv.view(b, self.num_heads, -1, kv.shape[-1]).transpose(2, 3)
+            b, _, length = text.xf_out.shape
+            xf = text.xf_out.transpose(1, 2).to(self.encoder_kv.weight.dtype)  # (B, L, W)
+            kv = self._linear(self.encoder_kv, xf).view(b, length, self.num_heads, -1)
+            kv = kv.transpose(1, 2)
             if not torch.is_grad_enabled():
                 text.kv[self.name] = kv
         return kv.to(dtype)
 
     def forward(self, x: torch.Tensor, text: TextCondition) -> torch.Tensor:
         b, c, hh, ww = x.shape
-        qkv = self.qkv(self.norm(x).reshape(b, c, -1))  # (B, 3C, T)
-        qkv = qkv.view(b, self.num_heads, -1, hh * ww).transpose(2, 3)  # (B, H, T, 3d)
-        q, k, v = qkv.chunk(3, dim=-1)
+        tokens = self.norm(x).reshape(b, c, -1).transpose(1, 2)  # (B, T, C)
+        qkv = self._linear(self.qkv, tokens).view(b, hh * ww, self.num_heads, -1)
+        q, k, v = qkv.transpose(1, 2).chunk(3, dim=-1)  # (B, H, T, d) each
         ek, ev = self.text_kv(text, q.dtype).chunk(2, dim=-1)
         k = torch.cat([ek, k], dim=2)
         v = torch.cat([ev, v], dim=2)
-        a = attention(q, k, v)  # (B, H, T, d)
-        a = a.transpose(2, 3).reshape(b, c, -1)
-        return x + self.proj_out(a).reshape(b, c, hh, ww)
+        a = attention(q, k, v).transpose(1, 2).reshape(b, hh * ww, c)  # (B, T, C)
+        out = self._linear(self.proj_out, a).transpose(1, 2).reshape(b, c, hh, ww)
+        return x + out
 
 
 class TimestepSequential(nn.Sequential):
