@@ -14,7 +14,12 @@ import sys
 from collections.abc import Sequence
 
 # Sub-command modules, imported lazily so ``glidekit --help`` stays fast.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("glidekit.cli.checkpoints", "glidekit.cli.train")
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "glidekit.cli.checkpoints",
+    "glidekit.cli.train",
+    "glidekit.cli.generate",
+    "glidekit.cli.info",
+)
 
 
 class UsageError(Exception):

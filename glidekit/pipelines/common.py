@@ -13,7 +13,7 @@ import math
 import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +256,24 @@ register_sampler("ancestral", _step_loop(p_sample, ()))
 register_sampler("ddim", _step_loop(ddim_sample, ("eta",)))
 
 
+def _register_diffusion_loops() -> None:
+    """Loops with the :data:`SamplerLoop` shape from :mod:`glidekit.diffusion.samplers`."""
+    from glidekit.diffusion import samplers
+
+    dpm = getattr(samplers, "dpmpp_2m_progressive", None)
+    if dpm is None:
+        return
+
+    def dpmpp_2m(diffusion, model_fn, x, indices, *, generator=None, **kwargs):
+        # Deterministic: draws no random numbers after the start noise.
+        return dpm(diffusion, model_fn, x, list(indices), **kwargs)
+
+    register_sampler("dpm++2m", dpmpp_2m)
+
+
+_register_diffusion_loops()
+
+
 # --------------------------------------------------------------------------- models
 
 
@@ -458,7 +476,18 @@ class PipelineResult:
     params: dict[str, Any]
     samples: torch.Tensor | None = None
     low_res: list[Image.Image] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    rows: list[int] | None = None  # batch row of each image, when only some are kept
+
+    def select(self, index: int) -> PipelineResult:
+        """Only image ``index`` (its params still describe the whole batch it came from)."""
+        rows = self.rows or list(range(len(self.images)))
+        return PipelineResult(
+            images=[self.images[index]],
+            params=self.params,
+            samples=None if self.samples is None else self.samples[index : index + 1],
+            low_res=None if self.low_res is None else [self.low_res[index]],
+            rows=[rows[index]],
+        )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -468,9 +497,10 @@ class PipelineResult:
 
     def image_params(self, index: int) -> dict[str, Any]:
         """The params of image ``index`` alone: its own ``prompt`` and ``index`` added."""
+        row = self.rows[index] if self.rows is not None else index
         params = dict(self.params)
-        params["index"] = index
-        params["prompt"] = self.params["prompts"][index]
+        params["index"] = row
+        params["prompt"] = self.params["prompts"][row]
         return params
 
     def grid(self, cols: int | None = None) -> Image.Image:

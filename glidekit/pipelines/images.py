@@ -153,30 +153,25 @@ def resize(img: Image.Image, size: int) -> Image.Image:
     return img if img.size == (size, size) else img.resize((size, size), Image.BICUBIC)
 
 
-def prepare_image(source: ImageInput, sizes: Sequence[int], fit: str = "crop",
-                  name: str = "image") -> list[torch.Tensor]:  # fmt: skip
-    """``source`` squared by ``fit`` and resized to each of ``sizes``: (1, 3, S, S) in [-1, 1]."""
+def load_source(source: ImageInput, fit: str = "crop", name: str = "image") -> Image.Image:
+    """``source`` as a square 8-bit RGB picture (centre-cropped or grey-padded by ``fit``)."""
     check_fit(fit)
-    square = fit_square(read_rgb(source, name), fit, _PAD_GREY)
-    return [to_tensor(resize(square, s))[None] for s in sizes]
+    return fit_square(read_rgb(source, name), fit, _PAD_GREY)
 
 
-def prepare_keep_masks(
+def load_replace_mask(
     image: ImageInput,
     mask: Any | None,
-    sizes: Sequence[int],
     fit: str = "crop",
     *,
     image_name: str = "image",
     mask_name: str = "mask",
-) -> list[torch.Tensor]:
-    """Keep masks (1 = keep the source, 0 = replace) of shape (1, 1, S, S) for ``sizes``.
+) -> Image.Image:
+    """The region to replace as a square "L" image (255 = replace), squared like the image.
 
     ``mask``: white = replace (see the module doc); None takes ``image``'s alpha channel
-    (transparent = replace). The mask must have the image's size (before fitting); it is
-    squared the same way as the image (padding counts as keep), resized to the largest size
-    (bilinear, then thresholded at 50%), and each smaller size keeps a pixel only if every
-    larger pixel it covers is kept, so a known low-res pixel never mixes in replaced content.
+    (transparent = replace). The mask must have the image's size; padding (``fit="pad"``)
+    counts as keep.
     """
     check_fit(fit)
     if mask is None:
@@ -189,24 +184,50 @@ def prepare_keep_masks(
         replace = Image.fromarray(((np.asarray(alpha) < 128).astype(np.uint8)) * 255, mode="L")
     else:
         replace = read_replace_mask(mask, mask_name)
-        if not isinstance(image, torch.Tensor):
-            img_size = read_rgb(image, image_name).size
-        else:
+        if isinstance(image, torch.Tensor):
             img_size = (image.shape[-1], image.shape[-2])
+        else:
+            img_size = read_rgb(image, image_name).size
         if replace.size != img_size:
             raise ValueError(
                 f"{mask_name}: mask size {replace.size[0]}x{replace.size[1]} does not match "
                 f"{image_name} size {img_size[0]}x{img_size[1]}"
             )
-    square = fit_square(replace, fit, 0)
+    return fit_square(replace, fit, 0)
+
+
+def image_tensors(square: Image.Image, sizes: Sequence[int]) -> list[torch.Tensor]:
+    """A square picture resized (bicubic) to each of ``sizes``: (1, 3, S, S) in [-1, 1]."""
+    return [to_tensor(resize(square, s))[None] for s in sizes]
+
+
+def keep_tensors(replace: Image.Image, sizes: Sequence[int]) -> list[torch.Tensor]:
+    """Keep masks (1 = keep the source, 0 = replace), (1, 1, S, S), for ``sizes``.
+
+    The mask is resized to the largest size (bilinear, thresholded at 50%); each smaller size
+    keeps a pixel only if every larger pixel it covers is kept, so a known low-res pixel never
+    mixes in replaced content.
+    """
     order = sorted(set(sizes), reverse=True)
     top = order[0]
-    big = square if square.size == (top, top) else square.resize((top, top), Image.BILINEAR)
+    big = replace if replace.size == (top, top) else replace.resize((top, top), Image.BILINEAR)
     keep = torch.from_numpy((np.asarray(big) < 128).astype(np.float32))[None, None]
     out = {top: keep}
     for s in order[1:]:
-        out[s] = -F.adaptive_max_pool2d(-out[top], s)
+        out[s] = -F.adaptive_max_pool2d(-keep, s)
     return [out[s] for s in sizes]
+
+
+def prepare_image(source: ImageInput, sizes: Sequence[int], fit: str = "crop",
+                  name: str = "image") -> list[torch.Tensor]:  # fmt: skip
+    """``source`` squared by ``fit`` and resized to each of ``sizes``: (1, 3, S, S) in [-1, 1]."""
+    return image_tensors(load_source(source, fit, name), sizes)
+
+
+def prepare_keep_masks(image: ImageInput, mask: Any | None, sizes: Sequence[int],
+                       fit: str = "crop", **names: str) -> list[torch.Tensor]:  # fmt: skip
+    """Keep masks (1 = keep) for ``sizes`` from a user's mask or ``image``'s alpha channel."""
+    return keep_tensors(load_replace_mask(image, mask, fit, **names), sizes)
 
 
 # --------------------------------------------------------------------------- writing

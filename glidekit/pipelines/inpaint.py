@@ -23,7 +23,13 @@ from glidekit.pipelines.common import (
     respacing_spelling,
 )
 from glidekit.pipelines.engine import GlidePipeline, Stage, upsample_stage_args
-from glidekit.pipelines.images import check_fit, prepare_image, prepare_keep_masks
+from glidekit.pipelines.images import (
+    check_fit,
+    image_tensors,
+    keep_tensors,
+    load_replace_mask,
+    load_source,
+)
 from glidekit.pipelines.text2image import Text2ImagePipeline, expand_prompts
 
 
@@ -84,11 +90,13 @@ class InpaintPipeline(GlidePipeline):
             upsample_steps, upsample_sampler, upsample_temp, upsample_sampler_options
         )
         upsample = bool(upsample) and self.upsampler_slot is not None
+        square = load_source(image, fit)  # read (and check) the inputs before loading models
+        replace = load_replace_mask(image, mask, fit)
         sizes = [self.base.model.config.image_size]
         if upsample:
             sizes.append(self.upsampler.model.config.image_size)  # type: ignore[union-attr]
-        sources = prepare_image(image, sizes, fit)
-        keeps = prepare_keep_masks(image, mask, sizes, fit)
+        sources = image_tensors(square, sizes)
+        keeps = keep_tensors(replace, sizes)
         base_stage = Stage(
             steps,
             sampler,

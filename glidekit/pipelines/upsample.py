@@ -12,7 +12,7 @@ from glidekit.pipelines.common import (
     check_seed,
 )
 from glidekit.pipelines.engine import GlidePipeline, upsample_stage_args
-from glidekit.pipelines.images import check_fit, prepare_image
+from glidekit.pipelines.images import check_fit, image_tensors, load_source
 from glidekit.pipelines.inpaint import input_label
 from glidekit.pipelines.text2image import Text2ImagePipeline, expand_prompts
 
@@ -56,12 +56,13 @@ class UpsamplePipeline(GlidePipeline):
         seed = check_seed(seed)
         check_fit(fit)
         up = upsample_stage_args(steps, sampler, temperature, sampler_options)
+        square = load_source(image, fit)
         lm = self.upsampler
         if lm is None:
             raise ValueError("upsampler: this pipeline has no upsampler")
         size = lm.model.config.image_size
         low_size = size // 4 if low_res_size is None else check_count(low_res_size, "low_res_size")
-        (low,) = prepare_image(image, [low_size], fit)
+        (low,) = image_tensors(square, [low_size])
         rows = expand_prompts(prompts, num_images)
         stage = Text2ImagePipeline._up_stage(up, low_res=low.expand(len(rows), -1, -1, -1))
         return self._run(
