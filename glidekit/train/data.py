@@ -83,6 +83,15 @@ def _identity(x: Any) -> Any:
     return x
 
 
+def _loader_generator(*parts: int) -> torch.Generator:
+    """A generator for a DataLoader (it seeds its workers from it): without one, creating the
+    loader's iterator would draw from the global RNG and a resumed run would diverge."""
+    seed = 0
+    for p in parts:
+        seed = (seed * 1_000_003 + int(p)) % 2**62
+    return torch.Generator().manual_seed(seed)
+
+
 class MapStream:
     """Resumable per-rank batches from a map-style dataset (see the module docstring)."""
 
@@ -129,6 +138,7 @@ class MapStream:
                 sampler=order,
                 num_workers=self.num_workers,
                 collate_fn=_identity,
+                generator=_loader_generator(self.seed, self.epoch, self.rank),
             )
         )
 
@@ -157,8 +167,18 @@ class MapStream:
 class IterableStream:
     """Resumable per-rank batches from an iterable dataset (tar shards)."""
 
-    def __init__(self, dataset: IterableDataset, batch_size: int, *, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: IterableDataset,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        num_workers: int = 0,
+    ) -> None:
         self.dataset = dataset
+        self.seed = seed
+        self.rank = rank
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.epoch = 0
@@ -169,7 +189,11 @@ class IterableStream:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(self.epoch)
         loader = DataLoader(
-            self.dataset, batch_size=None, num_workers=self.num_workers, collate_fn=_identity
+            self.dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            collate_fn=_identity,
+            generator=_loader_generator(self.seed, self.epoch, self.rank),
         )
         it = iter(loader)
         if self.consumed:
@@ -216,7 +240,9 @@ def make_stream(
     dataset: Dataset, data: DataSection, batch_size: int, seed: int, rank: int, world_size: int
 ) -> MapStream | IterableStream:
     if isinstance(dataset, IterableDataset):
-        return IterableStream(dataset, batch_size, num_workers=data.num_workers)
+        return IterableStream(
+            dataset, batch_size, seed=seed, rank=rank, num_workers=data.num_workers
+        )
     return MapStream(
         dataset,
         batch_size,

@@ -123,12 +123,13 @@ def plot_loss_curve(
 
 
 def save_grid(rows: Sequence[torch.Tensor], path: str | os.PathLike, pad: int = 2) -> Path:
-    """Tile image rows (each (N, 3, H, W) in [-1, 1], resized to the first row's size) as a PNG."""
+    """Tile image rows (each (N, 3, H, W) in [-1, 1]; smaller images are scaled up, nearest
+    neighbour, to the largest row's size) as a PNG."""
     path = Path(path)
     if not rows:
         raise ValueError("save_grid: no rows")
     n = max(len(r) for r in rows)
-    size = rows[0].shape[-1]
+    size = max(int(r.shape[-1]) for r in rows)
     grid = Image.new("RGB", (n * (size + pad) + pad, len(rows) * (size + pad) + pad), "white")
     for i, row in enumerate(rows):
         for j, image in enumerate(row):

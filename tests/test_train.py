@@ -1,0 +1,347 @@
+"""Training: config handling, a shapes-world run end to end, exact resume, every model kind."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import tarfile
+from contextlib import redirect_stderr
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from glidekit.cli.main import main
+from glidekit.diffusion import GaussianDiffusion, sample
+from glidekit.nn.bundle import load_model
+from glidekit.tokenizer import tokenize_batch
+from glidekit.train import load_checkpoint, load_clip, load_config, train
+from glidekit.train.config import TrainConfig
+from glidekit.train.trainer import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_UNET = {
+    "kind": "text2im",
+    "image_size": 16,
+    "num_channels": 32,
+    "num_res_blocks": 1,
+    "channel_mult": [1, 2],
+    "attention_resolutions": [8],
+    "num_head_channels": 32,
+    "xf_width": 32,
+    "xf_layers": 1,
+    "xf_heads": 1,
+    "text_ctx": 16,
+    "dropout": 0.0,
+}
+TINY_CLIP = {
+    "kind": "clip",
+    "image_size": 16,
+    "patch_size": 4,
+    "n_embd": 32,
+    "n_head_image": 2,
+    "n_head_state_image": 16,
+    "n_xf_blocks_image": 1,
+    "n_head_text": 2,
+    "n_head_state_text": 16,
+    "n_xf_blocks_text": 1,
+}
+
+
+def tiny_config(out_dir: Path, **sections: dict) -> dict:
+    """A tiny shapes-world config as a dict (sections merged over the defaults)."""
+    cfg = {
+        "model": dict(TINY_UNET),
+        "data": {"kind": "shapes", "length": 64},
+        "optim": {"lr": 1e-3, "warmup_steps": 2, "ema_decay": 0.99},
+        "train": {
+            "steps": 4,
+            "batch_size": 4,
+            "out_dir": str(out_dir),
+            "log_every": 1,
+            "checkpoint_every": 0,
+            "progress": False,
+        },
+        "sample": {"every": 0, "count": 2, "steps": "3"},
+    }
+    for name, values in sections.items():
+        cfg.setdefault(name, {}).update(values)
+    return cfg
+
+
+# ------------------------------------------------------------------------------------ config
+def test_config_defaults_overrides_and_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  kind: inpaint\n  num_channels: 32\noptim:\n  lr: 1e-4\n")
+    cfg = load_config(path, ["optim.lr=3e-4", "model.channel_mult=[1,2]", "train.steps=7"])
+    assert cfg.optim.lr == pytest.approx(3e-4)
+    assert cfg.train.steps == 7
+    assert cfg.model.kind == "inpaint"
+    assert cfg.model.arch == {"num_channels": 32, "channel_mult": [1, 2]}
+    assert cfg.model.unet_config().channel_mult == (1, 2)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    # YAML 1.1 reads 1e-4 as a string: numbers still come out as floats.
+    assert load_config({"optim": {"lr": "1e-4"}}).optim.lr == pytest.approx(1e-4)
+    # JSON configs work too.
+    jpath = tmp_path / "c.json"
+    jpath.write_text(json.dumps({"train": {"batch_size": 3}}))
+    assert load_config(jpath).train.batch_size == 3
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["optim.lrr=1"], "optim.lrr"),
+        (["optim.lrr=1"], "did you mean 'lr'"),
+        (["model.num_channel=64"], "model.num_channel"),
+        (["model.num_channels=48"], "model.num_channels"),
+        (["train.batch_size=abc"], "train.batch_size"),
+        (["train.precision=fp8"], "train.precision"),
+        (["data.kind=folder"], "data.root"),
+        (["model.kind=vae"], "model.kind"),
+        (["optim.grad_clip=-1"], "optim.grad_clip"),
+        (["trian.steps=3"], "trian"),
+        (["steps=3"], "section.key=value"),
+        (["train.steps"], "section.key=value"),
+    ],
+)
+def test_config_errors_name_the_key(overrides: list[str], needle: str) -> None:
+    with pytest.raises(ValueError, match=None) as info:
+        cfg = load_config({"model": {"kind": "text2im"}}, overrides)
+        cfg.model.unet_config()
+    assert needle in str(info.value)
+
+
+def test_cli_bad_key_exits_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  steps: 2\n")
+    for argv in (
+        ["train", str(cfg), "optim.lrr=1e-4"],
+        ["train", str(cfg), "train.steps=-1"],
+        ["train", str(tmp_path / "missing.yaml")],
+    ):
+        err = io.StringIO()
+        with redirect_stderr(err):
+            assert main(argv) == 2
+        assert "glidekit train: error:" in err.getvalue()
+    err = io.StringIO()
+    with redirect_stderr(err):
+        assert main(["train", str(cfg), "optim.lrr=1e-4"]) == 2
+    assert "optim.lrr" in err.getvalue()
+
+
+def test_cli_print_config(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", str(REPO / "configs/shapes-base-32.yaml"), "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "num_channels: 64" in out and "precision: bf16" in out
+
+
+def test_example_configs_validate() -> None:
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        cfg = load_config(path)
+        if cfg.model.kind != "clip":
+            cfg.model.unet_config()
+        else:
+            cfg.model.clip_config()
+
+
+# ------------------------------------------------------------------------------------ runs
+def test_shapes_run_learns_and_exports(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = load_config(
+        tiny_config(
+            out,
+            train={"steps": 100, "batch_size": 8, "log_every": 10, "checkpoint_every": 50},
+            sample={"every": 50, "count": 2},
+            optim={"lr": 2e-3, "warmup_steps": 10, "ema_decay": 0.9},
+        )
+    )
+    result = train(cfg)
+    assert result.step == 100 and not result.stopped
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(10, 101, 10))
+    assert {"loss", "mse", "vb", "lr", "grad_norm", "images_per_s"} <= set(records[0])
+    first, last = records[0]["loss"], sum(r["loss"] for r in records[-3:]) / 3
+    assert last < 0.6 * first, (first, last)
+    for name in ("checkpoint.pt", "loss.png", "export.safetensors"):
+        assert (out / name).is_file(), name
+    assert sorted(p.name for p in (out / "samples").iterdir()) == [
+        "step-000050.png",
+        "step-000100.png",
+    ]
+    assert Image.open(out / "loss.png").size == (640, 400)
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["step"] == 100
+
+    model, diffusion_cfg, tokenizer = load_model(out / "export.safetensors")
+    assert model.config.image_size == 16
+    assert tokenizer.n_vocab <= model.config.n_vocab
+    for name, value in model.state_dict().items():  # the export holds the EMA weights
+        assert torch.equal(value, ckpt["ema"][name]), name
+    diffusion = GaussianDiffusion.from_config(diffusion_cfg.noise_schedule, 1000, "4")
+    tokens, mask = tokenize_batch(tokenizer, ["a large red circle"], model.config.text_ctx)
+    x = sample(
+        diffusion,
+        model,
+        (1, 3, 16, 16),
+        model_kwargs={"tokens": tokens, "mask": mask},
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert x.shape == (1, 3, 16, 16) and torch.isfinite(x).all()
+
+
+def _states_equal(a: dict, b: dict) -> None:
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name}"
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    for i in sa:
+        for k in sa[i]:
+            assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k])), (i, k)
+    assert a["step"] == b["step"]
+    assert a["ranks"][0]["data"] == b["ranks"][0]["data"]
+
+
+@pytest.mark.parametrize("data_kind", ["shapes", "shards"])
+def test_resume_is_bit_exact(tmp_path: Path, data_kind: str) -> None:
+    """6 steps straight == 3 steps, stop, resume for 3 (with dropout, accumulation, samples)."""
+    sections = {
+        "model": {"dropout": 0.1},
+        "train": {"steps": 6, "batch_size": 3, "grad_accum": 2},
+        "data": {"kind": "shapes", "length": 10},
+        "sample": {"every": 2, "count": 2},
+    }
+    if data_kind == "shards":
+        sections["data"] = {"kind": "shards", "shards": str(_make_shards(tmp_path, 2, 7))}
+    straight = load_config(tiny_config(tmp_path / "a", **sections))
+    split = load_config(tiny_config(tmp_path / "b", **sections))
+    train(straight)
+    first = train(split, stop_at=3)
+    assert first.stopped and first.step == 3 and first.export is None
+    assert not (tmp_path / "b" / "export.safetensors").exists()
+    with pytest.raises(ValueError, match="--resume"):
+        Trainer(split)  # refuses to overwrite a run without --resume
+    second = train(split, resume=True)
+    assert second.step == 6 and not second.stopped
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    _states_equal(a, b)
+    # The metrics log has each step once, as if never interrupted.
+    steps = [json.loads(x)["step"] for x in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_other_architecture(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path / "r", train={"steps": 1})
+    train(load_config(cfg))
+    other = copy.deepcopy(cfg)
+    other["model"]["num_channels"] = 64
+    with pytest.raises(ValueError, match="another model configuration"):
+        Trainer(load_config(other), resume=True)
+    with pytest.raises(FileNotFoundError, match="--resume"):
+        Trainer(load_config(tiny_config(tmp_path / "none")), resume=True)
+
+
+@pytest.mark.parametrize("kind", ["super_res", "inpaint", "super_res_inpaint"])
+def test_other_unet_kinds_train_and_export(tmp_path: Path, kind: str) -> None:
+    out = tmp_path / kind
+    cfg = load_config(
+        tiny_config(out, model={"kind": kind}, data={"low_res_size": 8}, train={"steps": 3})
+    )
+    result = train(cfg)
+    assert result.last_loss is not None and result.last_loss == result.last_loss
+    model, diffusion_cfg, _ = load_model(result.export)
+    assert model.config.kind == kind
+    assert diffusion_cfg.noise_schedule == (
+        "linear" if "super_res" in kind else "squaredcos_cap_v2"
+    )
+    grid = Image.open(out / "samples" / "step-000003.png")
+    rows = 1 + ("super_res" in kind) + ("inpaint" in kind)
+    assert grid.size == (2 * 18 + 2, rows * 18 + 2)
+
+
+def test_clip_trains_and_exports(tmp_path: Path) -> None:
+    out = tmp_path / "clip"
+    cfg = load_config(
+        tiny_config(out, train={"steps": 30, "batch_size": 8, "log_every": 5}, optim={"lr": 2e-3})
+        | {"model": dict(TINY_CLIP)}
+    )
+    result = train(cfg)
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "acc" in records[0]
+    assert records[-1]["loss"] < records[0]["loss"]
+    clip, tok = load_clip(result.export)
+    assert tok["type"] == "shapes" and clip.config.image_size == 16
+    from glidekit.data import ShapesTokenizer
+    from glidekit.train.data import tokenize_shapes_for_clip
+
+    tokens, _ = tokenize_shapes_for_clip(
+        ShapesTokenizer.from_dict(tok["data"]), ["a red circle"], 32
+    )
+    z = clip.text_embeddings(tokens)
+    assert z.shape == (1, 32) and torch.allclose(z.norm(dim=-1), torch.ones(1), atol=1e-4)
+    grad = clip.cond_fn(tokens, 1.0)(torch.zeros(1, 3, 16, 16), torch.tensor([10]))
+    assert grad.shape == (1, 3, 16, 16)
+
+
+def test_bf16_autocast_and_fine_tune_from_bundle(tmp_path: Path) -> None:
+    first = train(load_config(tiny_config(tmp_path / "a", train={"steps": 2, "precision": "bf16"})))
+    assert first.last_loss is not None and torch.isfinite(torch.tensor(first.last_loss))
+    # Start a second run from the exported bundle: the weights are loaded, the arch follows it.
+    cfg = tiny_config(tmp_path / "b", train={"steps": 1})
+    cfg["model"] = {"kind": "text2im", "init": str(first.export), "dropout": 0.0}
+    trainer = Trainer(load_config(cfg))
+    exported, _, _ = load_model(first.export)
+    for name, value in exported.state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[name], value), name
+    trainer.close()
+    with pytest.raises(ValueError, match="model.init"):
+        Trainer(load_config(tiny_config(tmp_path / "c", model={"init": str(tmp_path / "no")})))
+    with pytest.raises(ValueError, match="fp16 needs a CUDA"):
+        Trainer(load_config(tiny_config(tmp_path / "d", train={"precision": "fp16"})))
+
+
+def _make_shards(tmp_path: Path, n_shards: int, per_shard: int) -> Path:
+    from glidekit.data.shapes import generate
+
+    import random
+
+    folder = tmp_path / "shards"
+    folder.mkdir(exist_ok=True)
+    rng = random.Random(0)
+    for s in range(n_shards):
+        with tarfile.open(folder / f"{s:04d}.tar", "w") as tar:
+            for i in range(per_shard):
+                img, scene = generate(rng, 16)
+                buf = io.BytesIO()
+                img.save(buf, format="PNG")
+                for ext, data in (("png", buf.getvalue()), ("txt", scene.color.encode())):
+                    info = tarfile.TarInfo(f"{s:04d}{i:04d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return folder
+
+
+def test_folder_data_trains(tmp_path: Path) -> None:
+    from glidekit.data.shapes import generate
+
+    import random
+
+    root = tmp_path / "images"
+    root.mkdir()
+    rng = random.Random(1)
+    for i in range(5):
+        img, scene = generate(rng, 24)
+        img.save(root / f"{i}.png")
+        (root / f"{i}.txt").write_text(f"a {scene.color} {scene.shape}")
+    cfg = tiny_config(
+        tmp_path / "f",
+        data={"kind": "folder", "root": str(root), "tokenizer": "shapes"},
+        train={"steps": 3},
+    )
+    result = train(load_config(cfg))
+    assert result.step == 3 and result.export.is_file()
