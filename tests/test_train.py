@@ -306,9 +306,9 @@ def test_bf16_autocast_and_fine_tune_from_bundle(tmp_path: Path) -> None:
 
 
 def _make_shards(tmp_path: Path, n_shards: int, per_shard: int) -> Path:
-    from glidekit.data.shapes import generate
-
     import random
+
+    from glidekit.data.shapes import generate
 
     folder = tmp_path / "shards"
     folder.mkdir(exist_ok=True)
@@ -327,9 +327,9 @@ def _make_shards(tmp_path: Path, n_shards: int, per_shard: int) -> Path:
 
 
 def test_folder_data_trains(tmp_path: Path) -> None:
-    from glidekit.data.shapes import generate
-
     import random
+
+    from glidekit.data.shapes import generate
 
     root = tmp_path / "images"
     root.mkdir()
