@@ -84,11 +84,17 @@ def _tensor_to_pil(t: torch.Tensor, name: str) -> Image.Image:
     return Image.fromarray(arr.permute(1, 2, 0).numpy(), mode="RGB")
 
 
-def read_rgb(source: ImageInput, name: str = "image") -> Image.Image:
-    """The 8-bit RGB picture of ``source`` (transparency composited on white)."""
+def read_rgb(source: ImageInput, name: str = "image", *, keep_hidden: bool = False) -> Image.Image:
+    """The 8-bit RGB picture of ``source``: transparency composited on white, or with
+    ``keep_hidden`` the colours stored under it (when the alpha channel is the mask, those
+    pixels are replaced anyway, and white would bleed into the known pixels when resizing).
+    """
     if isinstance(source, torch.Tensor):
         return _tensor_to_pil(source, name)
-    return load_image(_open(source, name))
+    img = _open(source, name)
+    if keep_hidden and img.mode in ("RGBA", "LA", "RGBa", "La"):
+        img = img.convert("RGB") if img.mode in ("RGBA", "RGBa") else img.convert("L")
+    return load_image(img)
 
 
 def read_alpha(source: ImageInput, name: str = "image") -> Image.Image | None:
@@ -153,10 +159,15 @@ def resize(img: Image.Image, size: int) -> Image.Image:
     return img if img.size == (size, size) else img.resize((size, size), Image.BICUBIC)
 
 
-def load_source(source: ImageInput, fit: str = "crop", name: str = "image") -> Image.Image:
-    """``source`` as a square 8-bit RGB picture (centre-cropped or grey-padded by ``fit``)."""
+def load_source(
+    source: ImageInput, fit: str = "crop", name: str = "image", *, keep_hidden: bool = False
+) -> Image.Image:
+    """``source`` as a square 8-bit RGB picture (centre-cropped or grey-padded by ``fit``).
+
+    ``keep_hidden``: see :func:`read_rgb` (used when the alpha channel is the mask).
+    """
     check_fit(fit)
-    return fit_square(read_rgb(source, name), fit, _PAD_GREY)
+    return fit_square(read_rgb(source, name, keep_hidden=keep_hidden), fit, _PAD_GREY)
 
 
 def load_replace_mask(

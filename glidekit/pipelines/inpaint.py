@@ -90,7 +90,8 @@ class InpaintPipeline(GlidePipeline):
             upsample_steps, upsample_sampler, upsample_temp, upsample_sampler_options
         )
         upsample = bool(upsample) and self.upsampler_slot is not None
-        square = load_source(image, fit)  # read (and check) the inputs before loading models
+        # Read (and check) the inputs before loading models.
+        square = load_source(image, fit, keep_hidden=mask is None)
         replace = load_replace_mask(image, mask, fit)
         sizes = [self.base.model.config.image_size]
         if upsample:

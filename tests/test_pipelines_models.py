@@ -1,0 +1,178 @@
+"""Tiny models for the pipeline and CLI tests, and the model-loading side of the pipelines.
+
+The models are GLIDE-shaped but small: a 16x16 base, a 16 -> 64 upsampler and their
+inpainting variants, with the zero-initialised output layers perturbed so outputs are not
+trivial. Saved as glidekit model files they load like trained ones.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from glidekit.nn import (
+    InpaintConfig,
+    SuperResConfig,
+    SuperResInpaintConfig,
+    Text2ImConfig,
+    create_model,
+)
+from glidekit.nn.bundle import save_model
+from glidekit.pipelines import Text2ImagePipeline, resolve_device, resolve_dtype
+from glidekit.pipelines.common import ModelSlot, default_source
+
+BASE_SIZE, UP_SIZE = 16, 64
+_COMMON = dict(
+    num_channels=32,
+    num_res_blocks=1,
+    num_head_channels=16,
+    text_ctx=16,
+    xf_width=32,
+    xf_layers=1,
+    xf_heads=2,
+)
+FAST = {"steps": 4, "upsample_steps": "ddim4"}  # few steps: fast tests
+
+
+def _tiny(cls, size: int, attention: tuple[int, ...], mult: tuple[int, ...], seed: int):
+    torch.manual_seed(seed)
+    model = create_model(
+        cls(image_size=size, attention_resolutions=attention, channel_mult=mult, **_COMMON)
+    )
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim > 1 and not p.any():  # the zero-initialised output convolutions
+                torch.nn.init.normal_(p, std=0.02)
+    return model.eval()
+
+
+@functools.cache
+def tiny_models() -> dict[str, torch.nn.Module]:
+    return {
+        "base": _tiny(Text2ImConfig, BASE_SIZE, (8,), (1, 2), 0),
+        "upsample": _tiny(SuperResConfig, UP_SIZE, (16,), (1, 2, 2), 1),
+        "base-inpaint": _tiny(InpaintConfig, BASE_SIZE, (8,), (1, 2), 2),
+        "upsample-inpaint": _tiny(SuperResInpaintConfig, UP_SIZE, (16,), (1, 2, 2), 3),
+    }
+
+
+def save_tiny_models(folder: Path) -> dict[str, Path]:
+    """The tiny models as glidekit model files in ``folder``: {name: path}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return {
+        name: save_model(folder / f"{name}.safetensors", model)
+        for name, model in tiny_models().items()
+    }
+
+
+def random_picture(size: tuple[int, int], seed: int = 0, mode: str = "RGB") -> Image.Image:
+    """A smooth random picture (so resizing does not turn it to mush)."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    small = rng.integers(0, 256, (max(1, h // 8), max(1, w // 8), 3), dtype=np.uint8)
+    img = Image.fromarray(small, "RGB").resize((w, h), Image.BILINEAR)
+    return img.convert(mode) if mode != "RGB" else img
+
+
+def square_mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
+    """Black image (keep) with a white (replace) box."""
+    m = Image.new("L", size, 0)
+    m.paste(255, box)
+    return m
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory) -> dict[str, Path]:
+    return save_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_from_pretrained_paths_load_lazily_and_once(bundles, monkeypatch):
+    import glidekit.nn.bundle as bundle_mod
+
+    calls = []
+    real = bundle_mod.load_model
+    monkeypatch.setattr(bundle_mod, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
+    pipe = Text2ImagePipeline.from_pretrained(
+        str(bundles["base"]), bundles["upsample"], device="cpu"
+    )
+    assert calls == []  # nothing loaded yet
+    r1 = pipe("a red circle", seed=1, **FAST)
+    r2 = pipe("a red circle", seed=1, **FAST)
+    assert len(calls) == 2  # base and upsampler, once each
+    assert r1.images[0].size == (UP_SIZE, UP_SIZE)
+    assert np.array_equal(np.asarray(r1.images[0]), np.asarray(r2.images[0]))
+    assert r1.params["base"] == str(bundles["base"].absolute())
+    assert r1.params["upsampler"] == str(bundles["upsample"].absolute())
+
+
+def test_built_models_and_tuples(bundles):
+    from glidekit.nn.bundle import load_model
+
+    m = tiny_models()
+    a = Text2ImagePipeline(base=m["base"], upsampler=None, device="cpu")("x", seed=0, steps=3)
+    b = Text2ImagePipeline(base=load_model(bundles["base"]), upsampler=None, device="cpu")(
+        "x", seed=0, steps=3
+    )
+    assert a.images[0].size == (BASE_SIZE, BASE_SIZE)
+    assert a.params["base"] == "custom" and a.params["upsampler"] is None
+    assert np.array_equal(np.asarray(a.images[0]), np.asarray(b.images[0]))
+
+
+def test_wrong_model_kinds_are_reported(bundles):
+    pipe = Text2ImagePipeline(bundles["upsample"], None, device="cpu")
+    with pytest.raises(ValueError, match="base: .*super-resolution"):
+        pipe("x", steps=2)
+    pipe = Text2ImagePipeline(bundles["base"], bundles["base"], device="cpu")
+    with pytest.raises(ValueError, match="upsampler: .*not a super-resolution"):
+        pipe("x", **FAST)
+    with pytest.raises(FileNotFoundError, match="base: .*neither a released model name"):
+        Text2ImagePipeline("no/such/model.safetensors", None, device="cpu")("x")
+
+
+def test_default_models_hook(bundles, monkeypatch):
+    # Without glidekit.models: the released names.
+    assert default_source("base") == "base" and default_source("upsampler") == "upsample"
+    pipe = Text2ImagePipeline.from_pretrained(device="cpu")
+    assert pipe.base_slot.label == "base" and pipe.upsampler_slot.label == "upsample"
+    assert not pipe.base_slot.loaded
+    # With an embedded-models module: its answers, None meaning "no such model".
+    fake = types.ModuleType("glidekit.models")
+    fake.default_base = lambda: bundles["base"]
+    fake.default_upsampler = lambda: None
+    monkeypatch.setitem(sys.modules, "glidekit.models", fake)
+    pipe = Text2ImagePipeline.from_pretrained(device="cpu")
+    assert pipe.upsampler_slot is None
+    result = pipe("a red circle", seed=0, steps=3)
+    assert result.images[0].size == (BASE_SIZE, BASE_SIZE)
+    assert default_source("base_inpaint") == "base-inpaint"  # no default_base_inpaint()
+
+
+def test_device_and_dtype_choice(caplog):
+    assert resolve_device("auto").type in ("cuda", "mps", "cpu")
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu) == torch.float32
+    with caplog.at_level("WARNING"):
+        assert resolve_dtype("fp16", cpu) == torch.float32
+    assert "float32" in caplog.text
+    with pytest.raises(ValueError, match="dtype"):
+        resolve_dtype("int8", cpu)
+    with pytest.raises(ValueError, match="device"):
+        resolve_device("warp-drive")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device: .*CUDA"):
+            resolve_device("cuda")
+
+
+def test_slot_rejects_other_objects():
+    with pytest.raises(TypeError, match="base"):
+        ModelSlot(42, "base").get(torch.device("cpu"), torch.float32)
