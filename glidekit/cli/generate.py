@@ -280,7 +280,11 @@ def _read_prompts_file(path: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"--prompts-file: {path!r} is not a file")
-    lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--prompts-file: {path!r} is not UTF-8 text ({exc.reason})") from None
+    lines = [line.strip() for line in text.splitlines()]
     prompts = [line for line in lines if line and not line.startswith("#")]
     if not prompts:
         raise UsageError(f"--prompts-file: {path!r} holds no prompts")
@@ -350,7 +354,9 @@ def _generate(args: argparse.Namespace) -> int:
         prompts = args.prompts
     if not prompts:
         raise UsageError("PROMPT: no prompt given (pass one, --prompts-file or --from)")
-    batch = args.batch_size or (8 if args.prompts_file else len(prompts))
+    batch = args.batch_size
+    if batch is None:
+        batch = 8 if args.prompts_file else len(prompts)
     if batch < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch}")
     _call(_check_early, kw)
@@ -393,6 +399,7 @@ def _upsample(args: argparse.Namespace) -> int:
     _call(_check_early, kw)
     pipe = _call(_pipeline, UpsamplePipeline, args, None, "upsampler")
     names = dict(_ARG_NAMES, temperature="--temperature")
+    names.update(upsample_steps="--steps", upsample_sampler="--sampler")
     try:
         result = pipe(args.prompts, args.image, fit=args.fit, **kw)
     except (ValueError, TypeError, FileNotFoundError) as exc:

@@ -345,7 +345,15 @@ class ModelSlot:
 
     def get(self, device: torch.device, dtype: torch.dtype) -> LoadedModel:
         if self._loaded is None:
-            model, dc, tokenizer = self._build(device)
+            try:
+                model, dc, tokenizer = self._build(device)
+            except (FileNotFoundError, TypeError):
+                raise
+            except ValueError as exc:  # includes CheckpointError: name the model argument
+                message = str(exc)
+                if message.startswith(f"{self.role}:"):
+                    raise
+                raise ValueError(f"{self.role}: {message}") from exc
             model = model.to(device).eval()
             if dtype != torch.float32:
                 model.convert_to_fp16(dtype)

@@ -246,6 +246,7 @@ class GlidePipeline:
         base_stage: Stage | None,
         up_stage: Stage | None,
         progress: bool = False,
+        up_prefix: str = "upsample_",
         **params: Any,
     ) -> PipelineResult:
         generator = self._generator(seed)
@@ -259,7 +260,7 @@ class GlidePipeline:
             if up_stage.low_res is None:
                 assert low is not None
                 up_stage.low_res = quantize(low)
-            final = self._stage(up, prompts, up_stage, generator, progress, "upsample_")
+            final = self._stage(up, prompts, up_stage, generator, progress, up_prefix)
         assert final is not None
         images = tensor_to_images(final)
         return PipelineResult(
@@ -281,12 +282,14 @@ def upsample_stage_args(
     upsample_sampler: str,
     upsample_temp: float,
     upsample_sampler_options: dict[str, Any] | None,
+    names: tuple[str, str, str] = ("upsample_steps", "upsample_sampler", "upsample_temp"),
 ) -> dict[str, Any]:
-    """Checked upsampler-stage arguments (also recorded in the params)."""
-    get_sampler(upsample_sampler, "upsample_sampler")
+    """Checked upsampler-stage arguments (also recorded in the params); ``names``: how the
+    caller calls steps, sampler and temperature, for the error messages."""
+    get_sampler(upsample_sampler, names[1])
     return {
-        "upsample_steps": respacing_spelling(upsample_steps, "upsample_steps"),
+        "upsample_steps": respacing_spelling(upsample_steps, names[0]),
         "upsample_sampler": upsample_sampler,
-        "upsample_temp": check_number(upsample_temp, "upsample_temp", low=0.0),
+        "upsample_temp": check_number(upsample_temp, names[2], low=0.0),
         "upsample_sampler_options": dict(upsample_sampler_options or {}),
     }

@@ -55,7 +55,9 @@ class UpsamplePipeline(GlidePipeline):
         num_images = check_count(num_images, "num_images")
         seed = check_seed(seed)
         check_fit(fit)
-        up = upsample_stage_args(steps, sampler, temperature, sampler_options)
+        up = upsample_stage_args(
+            steps, sampler, temperature, sampler_options, ("steps", "sampler", "temperature")
+        )
         square = load_source(image, fit)
         lm = self.upsampler
         if lm is None:
@@ -70,6 +72,7 @@ class UpsamplePipeline(GlidePipeline):
             seed=seed,
             base_stage=None,
             up_stage=stage,
+            up_prefix="",
             progress=progress,
             num_images=num_images,
             steps=up["upsample_steps"],

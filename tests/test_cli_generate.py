@@ -1,0 +1,235 @@
+"""``glidekit generate | inpaint | upsample | edit | info`` on tiny model files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_pipelines_models import (
+    BASE_SIZE,
+    UP_SIZE,
+    bundles,  # noqa: F401  (fixture)
+    random_picture,
+    square_mask,
+)
+
+from glidekit.cli.main import main
+from glidekit.pipelines import read_png_params
+
+FAST = ["--steps", "4", "--upsample-steps", "ddim4"]
+
+
+@pytest.fixture()
+def run(bundles, capsys, tmp_path):  # noqa: F811
+    """run(*argv) -> (exit code, stdout, stderr), with the tiny models and an output folder."""
+
+    def go(*argv: str, models: str = "text2im", outdir=None):
+        extra = []
+        if argv[0] in ("generate", "edit"):
+            extra = ["--base", str(bundles["base"]), "--upsampler", str(bundles["upsample"])]
+        elif argv[0] == "inpaint":
+            extra = [
+                "--base",
+                str(bundles["base-inpaint"]),
+                "--upsampler",
+                str(bundles["upsample-inpaint"]),
+            ]
+        elif argv[0] == "upsample":
+            extra = ["--upsampler", str(bundles["upsample"])]
+        if models is None:
+            extra = []
+        out = ["-o", str(outdir or tmp_path / "out")] if argv[0] != "info" else []
+        code = main([*argv, *extra, *out, "-q"] if argv[0] != "info" else list(argv))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return go
+
+
+def px(path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB")).astype(np.int16)
+
+
+def test_generate_json_metadata_and_from(run, tmp_path):
+    code, out, err = run(
+        "generate", "a red circle", "a cat", "-n", "2", "--seed", "5", "--grid", "--json", *FAST
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["command"] == "generate" and len(data["images"]) == 4
+    assert [i["prompt"] for i in data["images"]] == ["a red circle"] * 2 + ["a cat"] * 2
+    assert len(data["grids"]) == 1 and len(data["runs"]) == 1
+    third = data["images"][2]
+    params = read_png_params(third["path"])
+    assert params["prompt"] == "a cat" and params["seed"] == 5 and params["index"] == 2
+    assert params["steps"] == "4" and params["upsample_steps"] == "ddim4"
+    assert params["base"].endswith("base.safetensors")
+    with Image.open(third["path"]) as img:
+        assert img.size == (UP_SIZE, UP_SIZE)
+        assert img.text["prompt"] == "a cat" and img.text["seed"] == "5"
+        assert img.text["model"].endswith("base.safetensors")
+        assert img.text["sampler"] == "ancestral" and img.text["guidance_scale"] == "3.0"
+    # --from repeats the run (models from the file too) and writes that one image again.
+    code, out, err = run("generate", "--from", third["path"], "--json", models=None,
+                         outdir=tmp_path / "again")  # fmt: skip
+    assert code == 0, err
+    again = json.loads(out)["images"]
+    assert len(again) == 1 and again[0]["prompt"] == "a cat"
+    assert np.array_equal(px(again[0]["path"]), px(third["path"]))
+    assert read_png_params(again[0]["path"]) == params
+    # Overriding the seed changes the picture.
+    code, out, _ = run("generate", "--from", third["path"], "--seed", "6", "--json", models=None)
+    other = json.loads(out)["images"]
+    assert len(other) == 4 and not np.array_equal(px(other[2]["path"]), px(third["path"]))
+
+
+def test_no_overwrite_and_plain_output(run, tmp_path):
+    argv = ("generate", "a red circle", "--seed", "1", "--no-upsample", "--steps", "3")
+    code, out, _ = run(*argv, "--name", "pic")
+    first = tmp_path / "out" / "pic.png"
+    assert code == 0 and out.strip() == str(first)
+    before = first.read_bytes()
+    code, out, _ = run(*argv, "--name", "pic")
+    assert out.strip() == str(tmp_path / "out" / "pic-1.png")
+    assert first.read_bytes() == before
+    with Image.open(first) as img:
+        assert img.size == (BASE_SIZE, BASE_SIZE)
+    assert read_png_params(first)["upsampler"] is None
+
+
+def test_prompts_file_in_batches(run, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# shapes\na red circle\n\na blue square\na cat\n")
+    code, out, err = run(
+        "generate",
+        "--prompts-file",
+        str(prompts),
+        "--batch-size",
+        "2",
+        "--seed",
+        "10",
+        "--no-upsample",
+        "--steps",
+        "2",
+        "--json",
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    assert [i["prompt"] for i in data["images"]] == ["a red circle", "a blue square", "a cat"]
+    assert [r["seed"] for r in data["runs"]] == [10, 11]
+
+
+def test_inpaint_edit_upsample_commands(run, tmp_path):
+    src = random_picture((UP_SIZE, UP_SIZE), seed=2)
+    mask = square_mask((UP_SIZE, UP_SIZE), (8, 8, 40, 40))
+    src_path, mask_path = tmp_path / "src.png", tmp_path / "mask.png"
+    src.save(src_path)
+    mask.save(mask_path)
+    keep = np.asarray(mask) < 128
+
+    code, out, err = run("inpaint", str(src_path), str(mask_path), "a cat", "--seed", "0",
+                         "--json", *FAST)  # fmt: skip
+    assert code == 0, err
+    path = json.loads(out)["images"][0]["path"]
+    assert np.abs(px(path) - np.asarray(src).astype(np.int16))[keep].max() <= 1
+    params = read_png_params(path)
+    assert params["pipeline"] == "inpaint" and params["guidance_scale"] == 5.0
+    assert params["mask"] == str(mask_path)
+
+    rgba = src.convert("RGBA")
+    rgba.putalpha(Image.eval(mask, lambda v: 255 - v))
+    rgba_path = tmp_path / "holes.png"
+    rgba.save(rgba_path)
+    code, out, err = run("inpaint", str(rgba_path), "alpha", "a cat", "--seed", "0",
+                         "--json", *FAST)  # fmt: skip
+    assert code == 0, err
+    assert np.array_equal(px(json.loads(out)["images"][0]["path"]), px(path))
+
+    code, out, err = run("edit", str(src_path), "a cat", "--strength", "0.3", "--mask",
+                         str(mask_path), "--seed", "0", "--json", *FAST)  # fmt: skip
+    assert code == 0, err
+    path = json.loads(out)["images"][0]["path"]
+    assert read_png_params(path)["strength"] == 0.3
+    assert np.abs(px(path) - np.asarray(src).astype(np.int16))[keep].max() <= 1
+
+    small = tmp_path / "small.png"
+    random_picture((20, 30), seed=3).save(small)
+    code, out, err = run("upsample", str(small), "a cat", "--steps", "ddim3", "--fit", "pad",
+                         "--json")  # fmt: skip
+    assert code == 0, err
+    path = json.loads(out)["images"][0]["path"]
+    with Image.open(path) as img:
+        assert img.size == (UP_SIZE, UP_SIZE)
+    assert read_png_params(path)["pipeline"] == "upsample"
+
+
+def test_info(run, tmp_path):
+    code, out, _ = run("info", "--json", "--cache-dir", str(tmp_path / "cache"))
+    data = json.loads(out)
+    assert code == 0 and data["cache_dir"] == str(tmp_path / "cache")
+    assert set(data["models"]) >= {"base", "upsample", "base-inpaint", "clip/text-enc"}
+    assert not data["models"]["base"]["cached"]
+    assert data["device"] in ("cpu", "cuda", "mps") and "torch" in data["versions"]
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "base.pt").write_bytes(b"x")
+    code, out, _ = run("info", "--cache-dir", str(tmp_path / "cache"))
+    assert "base.pt" in out and "device:" in out
+
+
+@pytest.fixture()
+def files(tmp_path):
+    src = tmp_path / "src.png"
+    random_picture((UP_SIZE, UP_SIZE)).save(src)
+    mask = tmp_path / "mask.png"
+    square_mask((32, 32), (0, 0, 8, 8)).save(mask)
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    return {"src": str(src), "mask": str(mask), "plain": str(plain)}
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["generate", "x", "-n", "0"], "--num-images must be >= 1"),
+        (["generate", "x", "-g", "nan"], "--guidance-scale must be finite"),
+        (["generate", "x", "-g", "inf"], "--guidance-scale must be finite"),
+        (["generate", "x", "--sampler", "euler"], "--sampler: unknown sampler 'euler'"),
+        (["generate", "x", "--upsample-sampler", "x"], "--upsample-sampler: unknown sampler"),
+        (["generate", "x", "--steps", "fast99"], "--steps: "),
+        (["generate", "x", "--upsample-steps", "ddimq"], "--upsample-steps: "),
+        (["generate", "x", "--eta", "2"], "--eta"),
+        (["generate"], "PROMPT: no prompt given"),
+        (["generate", "--prompts-file", "{plain}"], "--prompts-file: "),
+        (["generate", "--from", "{plain}"], "--from: .* carries no glidekit parameters"),
+        (["generate", "--from", "missing.png"], "--from: 'missing.png' is not a file"),
+        (["generate", "x", "--batch-size", "0"], "--batch-size must be >= 1"),
+        (["generate", "x", "--device", "tpu9"], "--device: "),
+        (["generate", "x", "--dtype", "int4"], "--dtype: unknown dtype"),
+        (["edit", "{src}", "x", "--strength", "0"], "--strength must be in"),
+        (["edit", "{src}", "x", "--strength", "1.5"], "--strength must be"),
+        (["edit", "{src}", "x", "--upsample-strength", "-1"], "--upsample-strength must be"),
+        (["edit", "{src}", "x", "--mask", "{mask}"], "--mask: mask size 32x32 does not match"),
+        (["edit", "nope.png", "x"], "IMAGE: 'nope.png' is not a file"),
+        (["inpaint", "{src}", "{mask}", "x"], "MASK: mask size 32x32 does not match IMAGE"),
+        (["inpaint", "{src}", "alpha", "x"], "MASK: no mask given and IMAGE has no alpha"),
+        (["inpaint", "{src}", "missing.png", "x"], "MASK: 'missing.png' is not a file"),
+        (["upsample", "{src}", "x", "--temperature", "nan"], "--temperature must be finite"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_argument(run, files, capsys, argv, named):
+    argv = [a.format(**files) for a in argv]
+    code, out, err = run(*argv)
+    assert code == 2
+    assert named in err or __import__("re").search(named, err), err
+    assert "Traceback" not in err
+
+
+def test_bad_model_path_exits_2(run, files):
+    code, _, err = run("generate", "x", "--base", "no/such.safetensors", "--no-upsample",
+                       models=None)  # fmt: skip
+    assert code == 2 and "--base: 'no/such.safetensors' is neither" in err
+    code, _, err = run("generate", "x", "--base", files["plain"], "--no-upsample", models=None)
+    assert code == 2 and "--base" in err
