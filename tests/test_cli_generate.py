@@ -124,7 +124,7 @@ def test_prompts_file_in_batches(run, tmp_path):
 
 def test_inpaint_edit_upsample_commands(run, tmp_path):
     src = random_picture((UP_SIZE, UP_SIZE), seed=2)
-    mask = square_mask((UP_SIZE, UP_SIZE), (8, 8, 40, 40))
+    mask = square_mask((UP_SIZE, UP_SIZE), (4, 4, 20, 20))
     src_path, mask_path = tmp_path / "src.png", tmp_path / "mask.png"
     src.save(src_path)
     mask.save(mask_path)
@@ -184,7 +184,7 @@ def files(tmp_path):
     src = tmp_path / "src.png"
     random_picture((UP_SIZE, UP_SIZE)).save(src)
     mask = tmp_path / "mask.png"
-    square_mask((32, 32), (0, 0, 8, 8)).save(mask)
+    square_mask((16, 16), (0, 0, 8, 8)).save(mask)
     plain = tmp_path / "plain.png"
     Image.new("RGB", (8, 8)).save(plain)
     return {"src": str(src), "mask": str(mask), "plain": str(plain)}
@@ -211,9 +211,9 @@ def files(tmp_path):
         (["edit", "{src}", "x", "--strength", "0"], "--strength must be in"),
         (["edit", "{src}", "x", "--strength", "1.5"], "--strength must be"),
         (["edit", "{src}", "x", "--upsample-strength", "-1"], "--upsample-strength must be"),
-        (["edit", "{src}", "x", "--mask", "{mask}"], "--mask: mask size 32x32 does not match"),
+        (["edit", "{src}", "x", "--mask", "{mask}"], "--mask: mask size 16x16 does not match"),
         (["edit", "nope.png", "x"], "IMAGE: 'nope.png' is not a file"),
-        (["inpaint", "{src}", "{mask}", "x"], "MASK: mask size 32x32 does not match IMAGE"),
+        (["inpaint", "{src}", "{mask}", "x"], "MASK: mask size 16x16 does not match IMAGE"),
         (["inpaint", "{src}", "alpha", "x"], "MASK: no mask given and IMAGE has no alpha"),
         (["inpaint", "{src}", "missing.png", "x"], "MASK: 'missing.png' is not a file"),
         (["upsample", "{src}", "x", "--temperature", "nan"], "--temperature must be finite"),

@@ -1,6 +1,6 @@
 """Tiny models for the pipeline and CLI tests, and the model-loading side of the pipelines.
 
-The models are GLIDE-shaped but small: a 16x16 base, a 16 -> 64 upsampler and their
+The models are GLIDE-shaped but small: an 8x8 base, an 8 -> 32 upsampler and their
 inpainting variants, with the zero-initialised output layers perturbed so outputs are not
 trivial. Saved as glidekit model files they load like trained ones.
 """
@@ -28,7 +28,7 @@ from glidekit.nn.bundle import save_model
 from glidekit.pipelines import Text2ImagePipeline, resolve_device, resolve_dtype
 from glidekit.pipelines.common import ModelSlot, default_source
 
-BASE_SIZE, UP_SIZE = 16, 64
+BASE_SIZE, UP_SIZE = 8, 32
 _COMMON = dict(
     num_channels=32,
     num_res_blocks=1,
@@ -56,10 +56,10 @@ def _tiny(cls, size: int, attention: tuple[int, ...], mult: tuple[int, ...], see
 @functools.cache
 def tiny_models() -> dict[str, torch.nn.Module]:
     return {
-        "base": _tiny(Text2ImConfig, BASE_SIZE, (8,), (1, 2), 0),
-        "upsample": _tiny(SuperResConfig, UP_SIZE, (16,), (1, 2, 2), 1),
-        "base-inpaint": _tiny(InpaintConfig, BASE_SIZE, (8,), (1, 2), 2),
-        "upsample-inpaint": _tiny(SuperResInpaintConfig, UP_SIZE, (16,), (1, 2, 2), 3),
+        "base": _tiny(Text2ImConfig, BASE_SIZE, (4,), (1, 2), 0),
+        "upsample": _tiny(SuperResConfig, UP_SIZE, (8,), (1, 2, 2), 1),
+        "base-inpaint": _tiny(InpaintConfig, BASE_SIZE, (4,), (1, 2), 2),
+        "upsample-inpaint": _tiny(SuperResInpaintConfig, UP_SIZE, (8,), (1, 2, 2), 3),
     }
 
 

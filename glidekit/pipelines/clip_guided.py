@@ -56,8 +56,13 @@ class ClipGuidedPipeline(GlidePipeline):
         self._cache_dir = kwargs.get("cache_dir")
 
     @classmethod
-    def from_pretrained(cls, base=None, upsampler=_DEFAULT, **kwargs: Any):  # type: ignore[override]
-        return super().from_pretrained(base, upsampler, **kwargs)
+    def from_pretrained(cls, base=None, upsampler=_DEFAULT, clip=None, **kwargs: Any):  # type: ignore[override]
+        """As :meth:`GlidePipeline.from_pretrained`; ``clip`` defaults to the package's CLIP
+        (``glidekit.models.default_clip()``) if it ships one, else the released towers."""
+        from glidekit.pipelines.common import default_source
+
+        clip = default_source("clip") if clip is None else clip
+        return super().from_pretrained(base, upsampler, clip=clip, **kwargs)
 
     @property
     def clip_label(self) -> str:

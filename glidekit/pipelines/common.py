@@ -426,6 +426,7 @@ _DEFAULT_NAMES = {
     "upsampler": "upsample",
     "base_inpaint": "base-inpaint",
     "upsampler_inpaint": "upsample-inpaint",
+    "clip": ("clip/image-enc", "clip/text-enc"),
 }
 
 
@@ -434,7 +435,8 @@ def default_source(role: str) -> ModelSource:
 
     If the package ships embedded models (``glidekit.models`` with ``default_<role>()``, e.g.
     ``default_base()``), that function's answer; else the released checkpoint's name. A
-    ``default_<role>()`` returning None means "no such model" (e.g. no upsampler).
+    ``default_<role>()`` returning None means "no such model" (e.g. no upsampler). Roles:
+    base, upsampler, base_inpaint, upsampler_inpaint, clip.
     """
     try:
         import glidekit.models as embedded  # type: ignore[import-not-found]

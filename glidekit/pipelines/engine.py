@@ -249,13 +249,19 @@ class GlidePipeline:
         up_prefix: str = "upsample_",
         **params: Any,
     ) -> PipelineResult:
+        # Load the models and check both stages' step spellings before sampling anything.
+        base = self.base if base_stage is not None else None
+        up = self.upsampler if up_stage is not None else None
+        if base is not None and base_stage is not None:
+            base.process(base_stage.steps, "steps")
+        if up is not None and up_stage is not None:
+            up.process(up_stage.steps, f"{up_prefix}steps")
         generator = self._generator(seed)
         low = None
-        if base_stage is not None:
-            low = self._stage(self.base, prompts, base_stage, generator, progress)
+        if base is not None and base_stage is not None:
+            low = self._stage(base, prompts, base_stage, generator, progress)
         final = low
         if up_stage is not None:
-            up = self.upsampler
             assert up is not None
             if up_stage.low_res is None:
                 assert low is not None
