@@ -449,3 +449,42 @@ def test_tensor_source_matches_pil(edit):
     a = edit("x", source, strength=0.5, seed=0, **FAST)
     b = edit("x", to_tensor(source), strength=0.5, seed=0, **FAST)
     assert np.array_equal(px(a.images[0]), px(b.images[0]))
+
+
+def test_same_numbers_as_the_notebook_flow(t2i):
+    """The pipeline equals the official notebook's code path (via glidekit.compat) for a seed."""
+    from glidekit.compat import create_gaussian_diffusion
+    from glidekit.guidance import ClassifierFreeGuidance
+    from glidekit.tokenizer import GPT2Tokenizer, tokenize_batch
+
+    m = tiny_models()
+    base, up = m["base"], m["upsample"]
+    prompt, ctx = "an oil painting of a corgi", base.config.text_ctx
+    torch.manual_seed(21)
+    diffusion = create_gaussian_diffusion(1000, "squaredcos_cap_v2", "4")
+    tokens, mask = tokenize_batch(GPT2Tokenizer(ctx), [prompt, ""], ctx)
+    samples = diffusion.p_sample_loop(
+        ClassifierFreeGuidance(base, 3.0),
+        (2, 3, BASE_SIZE, BASE_SIZE),
+        device="cpu",
+        clip_denoised=True,
+        model_kwargs={"tokens": tokens, "mask": mask},
+    )[:1]
+    diffusion_up = create_gaussian_diffusion(1000, "linear", "ddim4")
+    up_shape = (1, 3, UP_SIZE, UP_SIZE)
+    up_samples = diffusion_up.ddim_sample_loop(
+        up,
+        up_shape,
+        noise=torch.randn(up_shape) * 0.997,
+        device="cpu",
+        clip_denoised=True,
+        model_kwargs={
+            "low_res": ((samples + 1) * 127.5).round() / 127.5 - 1,
+            "tokens": tokens[:1],
+            "mask": mask[:1],
+        },
+    )
+    result = t2i(prompt, seed=21, **FAST)
+    assert torch.allclose(result.samples, up_samples.clamp(-1, 1), atol=1e-5)
+    expected_low = ((samples.clamp(-1, 1) + 1) * 127.5).round()[0].permute(1, 2, 0).numpy()
+    assert np.array_equal(px(result.low_res[0]), expected_low.astype(np.int16))
