@@ -34,8 +34,7 @@ def collect(cache_dir: str | None = None) -> dict[str, Any]:
     cache = resolve_cache(cache_dir)
     models = {}
     for name, info in CHECKPOINTS.items():
-        directory = cache / info.filename.rsplit("/", 1)[0] if "/" in info.filename else cache
-        found = [str(f) for f in preferred_files(directory, info.stem) if f.is_file()]
+        found = [str(f) for f in preferred_files(cache, info.stem) if f.is_file()]
         models[name] = {"file": info.filename, "cached": bool(found), "paths": found}
     device = resolve_device("auto")
     defaults = {}
