@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "glidekit.cli.train",
     "glidekit.cli.generate",
     "glidekit.cli.info",
+    "glidekit.cli.serve",
 )
 
 

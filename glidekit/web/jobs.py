@@ -1,0 +1,507 @@
+"""The web app's jobs, without any web framework: limits, input checks, running the pipelines
+and writing the results as PNG files (with their parameters) into the app's work folder.
+
+Everything a browser or an API client sends is checked here against :class:`Limits` and
+refused with an :class:`InputError` whose message is meant for the person who sent it. Uploads
+are only ever read from the folders the app owns (``WebConfig.workdir`` and the upload folder
+of the web framework): a path from anywhere else is refused, so no client can make the server
+read an arbitrary file.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import secrets
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+#: ``--upsampler none`` and the like: no model in this slot.
+NO_MODEL = ("", "none", "off", "no")
+
+
+class InputError(ValueError):
+    """A request the app refuses; the message is shown to the user as is."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request limits (every request is checked against them)."""
+
+    max_images: int = 4
+    max_steps: int = 250
+    max_upsample_steps: int = 100
+    max_prompt_chars: int = 300
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 4096 * 4096
+    min_side: int = 8
+    max_guidance: float = 30.0
+
+
+@dataclass
+class WebConfig:
+    """What ``glidekit serve`` serves and how.
+
+    Model sources are released names ("base", "upsample", "base-inpaint", "upsample-inpaint"),
+    glidekit model files, or None for the package defaults (the embedded demo models if the
+    package ships them, else the released weights); an upsampler of "none" switches it off.
+    ``workdir``: the only folder the app writes to (results, uploads); the caller creates it
+    and removes it at exit (``glidekit serve`` uses a fresh temporary folder).
+    """
+
+    workdir: Path
+    base: str | None = None
+    upsampler: str | None = None
+    inpaint: str | None = None
+    inpaint_upsampler: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    cache_dir: str | None = None
+    upsample_steps: str = "fast27"
+    default_steps: str = "100"
+    default_sampler: str = "ancestral"
+    limits: Limits = field(default_factory=Limits)
+    queue_size: int = 8
+    output_ttl_s: float = 3600.0
+    title: str = "GLIDE"
+
+    @property
+    def outputs_dir(self) -> Path:
+        return Path(self.workdir) / "outputs"
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Where the web framework keeps uploads (``GRADIO_TEMP_DIR`` for gradio)."""
+        return Path(self.workdir) / "uploads"
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_prompt(prompt: Any, limits: Limits) -> str:
+    if prompt is None or not isinstance(prompt, str):
+        raise InputError("Prompt: please type a text prompt.")
+    text = " ".join(prompt.split())
+    if not text:
+        raise InputError("Prompt is empty: please describe the picture you want.")
+    if len(text) > limits.max_prompt_chars:
+        raise InputError(
+            f"Prompt is too long: {len(text)} characters, at most {limits.max_prompt_chars}."
+        )
+    return text
+
+
+def check_int(value: Any, name: str, low: int, high: int) -> int:
+    """An integer (floats like 2.0 from number boxes accepted) in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{name} must be a whole number, got {value!r}.")
+    if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
+        raise InputError(f"{name} must be a whole number, got {value!r}.")
+    number = int(value)
+    if not low <= number <= high:
+        raise InputError(f"{name} must be between {low} and {high}, got {number}.")
+    return number
+
+
+def check_guidance(value: Any, limits: Limits) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"Guidance scale must be a number, got {value!r}.")
+    if not 0.0 <= float(value) <= limits.max_guidance:
+        raise InputError(
+            f"Guidance scale must be between 0 and {limits.max_guidance}, got {value}."
+        )
+    return float(value)
+
+
+_STEP_PREFIXED = re.compile(r"^(ddim|karras)(\d+)$")
+
+
+def count_steps(spelling: str) -> int:
+    """How many model evaluations a respacing spelling asks for (without a model).
+
+    "50" -> 50, "ddim50" / "karras25" -> 50 / 25, "fast27" -> 27, "10,10,3,2,2" -> 27.
+    """
+    spec = spelling.strip().lower()
+    if spec == "fast27":
+        return 27
+    match = _STEP_PREFIXED.match(spec)
+    if match:
+        return int(match.group(2))
+    if re.fullmatch(r"\d+(,\d+)*", spec):
+        return sum(int(part) for part in spec.split(","))
+    raise InputError(
+        f"Steps: cannot read {spelling!r}; use a count like 50, or ddim50, karras25, fast27."
+    )
+
+
+def check_steps(value: Any, limits: Limits, name: str = "Steps", high: int | None = None) -> str:
+    """A step count or respacing spelling, as the pipelines take it, within the limits."""
+    high = limits.max_steps if high is None else high
+    if isinstance(value, bool):
+        raise InputError(f"{name}: expected a number of steps, got {value!r}.")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{name}: expected a number of steps (like 50 or ddim50).")
+    spelling = value.strip().lower()
+    if len(spelling) > 64:
+        raise InputError(f"{name}: {value[:20]!r}... is too long.")
+    count = count_steps(spelling)
+    if not 1 <= count <= high:
+        raise InputError(f"{name} must be between 1 and {high}, got {count}.")
+    return spelling
+
+
+def check_seed(seed: Any, random_seed: bool) -> int:
+    """The seed to use: a fresh random one when ``random_seed`` (or no seed) is asked for."""
+    if random_seed or seed is None or (isinstance(seed, str) and not seed.strip()):
+        return secrets.randbits(31)
+    if isinstance(seed, str):
+        try:
+            seed = int(seed.strip())
+        except ValueError:
+            raise InputError(f"Seed must be a whole number, got {seed!r}.") from None
+    return check_int(seed, "Seed", 0, 2**31 - 1)
+
+
+def check_sampler(name: Any) -> str:
+    from glidekit.pipelines import available_samplers
+
+    if not isinstance(name, str) or name.strip().lower() not in available_samplers():
+        raise InputError(
+            f"Sampler: unknown {name!r}; choose one of {', '.join(available_samplers())}."
+        )
+    return name.strip().lower()
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+def upload_path(value: Any, roots: Sequence[Path], name: str) -> Path:
+    """The file behind an upload, which must lie inside one of ``roots``.
+
+    ``value``: a path string or a dict with a ``path`` key (how web frameworks hand over
+    uploaded files). Anything else, or a path outside ``roots``, is refused.
+    """
+    if isinstance(value, dict):
+        value = value.get("path")
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise InputError(f"{name}: please upload an image.")
+    path = Path(value).resolve()
+    for root in roots:
+        try:
+            path.relative_to(Path(root).resolve())
+        except ValueError:
+            continue
+        if path.is_file():
+            return path
+        break
+    raise InputError(f"{name}: only uploaded files are accepted.")
+
+
+def open_image(path: Path, limits: Limits, name: str) -> Image.Image:
+    """Decode an uploaded image after checking its file size and pixel count."""
+    size = path.stat().st_size
+    if size > limits.max_upload_bytes:
+        raise InputError(
+            f"{name} is too large: {size / 1e6:.1f} MB, at most "
+            f"{limits.max_upload_bytes / 1e6:.0f} MB."
+        )
+    try:
+        with Image.open(path) as probe:  # reads the header only
+            w, h = probe.size
+    except (UnidentifiedImageError, OSError):
+        raise InputError(f"{name} is not an image that can be read (PNG, JPEG, WebP...).") from None
+    except Image.DecompressionBombError:
+        raise InputError(f"{name} has too many pixels.") from None
+    if w * h > limits.max_pixels:
+        raise InputError(
+            f"{name} has too many pixels: {w}x{h}, at most {limits.max_pixels / 1e6:.1f} "
+            "megapixels."
+        )
+    if min(w, h) < limits.min_side:
+        raise InputError(
+            f"{name} is too small: {w}x{h}; at least {limits.min_side}x{limits.min_side}."
+        )
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return ImageOps.exif_transpose(img)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise InputError(f"{name} cannot be decoded ({type(exc).__name__}).") from None
+
+
+def mask_from_layers(layers: Sequence[Image.Image], size: tuple[int, int]) -> Image.Image | None:
+    """Painted brush layers -> an "L" mask (255 = replace) of ``size``; None if nothing painted."""
+    union = np.zeros((size[1], size[0]), dtype=bool)
+    for layer in layers:
+        rgba = layer.convert("RGBA")
+        if rgba.size != size:
+            rgba = rgba.resize(size, Image.NEAREST)
+        union |= np.asarray(rgba.getchannel("A")) > 0
+    if not union.any():
+        return None
+    return Image.fromarray(union.astype(np.uint8) * 255, mode="L")
+
+
+def binary_mask(mask: Image.Image) -> Image.Image:
+    """An uploaded mask as "L", 255 = replace (white), 0 = keep; transparent counts as black."""
+    if mask.mode in ("RGBA", "LA", "PA") or "transparency" in mask.info:
+        rgba = mask.convert("RGBA")
+        grey = np.asarray(rgba.convert("L")).astype(np.float32)
+        alpha = np.asarray(rgba.getchannel("A")).astype(np.float32) / 255.0
+        values = grey * alpha
+    else:
+        values = np.asarray(mask.convert("L")).astype(np.float32)
+    return Image.fromarray(((values >= 128).astype(np.uint8)) * 255, mode="L")
+
+
+# --------------------------------------------------------------------------- models
+
+
+def model_kind(label: str | None) -> str:
+    """How a model source is described on the page."""
+    if label is None:
+        return "none"
+    from glidekit.checkpoints import CHECKPOINTS
+
+    if label in CHECKPOINTS:
+        return "released GLIDE weights"
+    package = Path(__file__).resolve().parents[1]
+    try:
+        Path(label).resolve().relative_to(package)
+        return "embedded demo model"
+    except (ValueError, OSError):
+        return "model file"
+
+
+def _source(value: str | None, role: str) -> Any:
+    from glidekit.pipelines.common import default_source
+
+    if value is None:
+        return default_source(role)
+    if value.strip().lower() in NO_MODEL:
+        return None
+    return value
+
+
+@dataclass
+class JobResult:
+    """What a job made: PNG files (carrying their parameters) and how they were made."""
+
+    paths: list[Path]
+    seed: int
+    params: dict[str, Any]
+    source: Path | None = None  # inpainting: the source as the model saw it
+    mask: Path | None = None  # inpainting: the replaced region (white)
+
+
+class Jobs:
+    """The app's pipelines and its output folder; runs one job at a time.
+
+    The web framework's queue already runs one job at a time; the lock makes that true for
+    direct callers too (two jobs on one device would only slow each other down).
+    """
+
+    def __init__(self, config: WebConfig) -> None:
+        from glidekit.pipelines import InpaintPipeline, Text2ImagePipeline
+
+        self.config = config
+        self.limits = config.limits
+        opts = {"device": config.device, "dtype": config.dtype, "cache_dir": config.cache_dir}
+        self.text2image = Text2ImagePipeline(
+            _source(config.base, "base"), _source(config.upsampler, "upsampler"), **opts
+        )
+        self.inpainter = InpaintPipeline(
+            _source(config.inpaint, "base_inpaint"),
+            _source(config.inpaint_upsampler, "upsampler_inpaint"),
+            **opts,
+        )
+        self.upsample_steps = check_steps(
+            config.upsample_steps, self.limits, "Upsampler steps", self.limits.max_upsample_steps
+        )
+        self._lock = threading.Lock()
+        config.outputs_dir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ description
+    def models(self) -> dict[str, tuple[str | None, str]]:
+        """{role: (label, kind)} of the configured models."""
+        out = {}
+        for role, pipe, slot in (
+            ("base", self.text2image, "base_slot"),
+            ("upsampler", self.text2image, "upsampler_slot"),
+            ("inpaint base", self.inpainter, "base_slot"),
+            ("inpaint upsampler", self.inpainter, "upsampler_slot"),
+        ):
+            s = getattr(pipe, slot)
+            label = s.label if s is not None else None
+            out[role] = (label, model_kind(label))
+        return out
+
+    def describe(self) -> str:
+        """The models and limits, as Markdown for the page."""
+        lines = ["**Models** (loaded on first use):"]
+        for role, (label, kind) in self.models().items():
+            shown = Path(label).name if label and kind != "released GLIDE weights" else label
+            lines.append(f"- {role}: `{shown}` ({kind})" if label else f"- {role}: none")
+        lim = self.limits
+        lines.append(
+            f"\nDevice: `{self.text2image.device}`. Limits per request: {lim.max_images} images, "
+            f"{lim.max_steps} steps, {lim.max_prompt_chars} prompt characters, uploads up to "
+            f"{lim.max_upload_bytes // (1024 * 1024)} MB and "
+            f"{lim.max_pixels / 1e6:.1f} megapixels."
+        )
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ jobs
+    def _request_dir(self) -> Path:
+        self._prune()
+        folder = (
+            self.config.outputs_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        )
+        folder.mkdir(parents=True)
+        return folder
+
+    def _prune(self) -> None:
+        """Remove result folders older than ``output_ttl_s`` (the disk use stays bounded)."""
+        cutoff = time.time() - self.config.output_ttl_s
+        for folder in self.config.outputs_dir.iterdir():
+            try:
+                if folder.is_dir() and folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except OSError:
+                continue
+
+    def _save(self, result: Any, folder: Path, stem: str) -> list[Path]:
+        from glidekit.pipelines import save_png
+
+        paths = []
+        for i, img in enumerate(result.images):
+            params = result.image_params(i)
+            for key in ("base", "upsampler"):  # no server paths in files sent to users
+                if isinstance(params.get(key), str) and Path(params[key]).is_absolute():
+                    params[key] = Path(params[key]).name
+            paths.append(save_png(img, folder / f"{stem}-{i}.png", params))
+        return paths
+
+    def _common(self, prompt: Any, num_images: Any, guidance: Any, steps: Any, sampler: Any,
+                seed: Any, random_seed: bool) -> dict[str, Any]:  # fmt: skip
+        lim = self.limits
+        return {
+            "prompt": check_prompt(prompt, lim),
+            "num_images": check_int(num_images, "Number of images", 1, lim.max_images),
+            "guidance_scale": check_guidance(guidance, lim),
+            "steps": check_steps(steps, lim),
+            "sampler": check_sampler(sampler),
+            "seed": check_seed(seed, bool(random_seed)),
+        }
+
+    def generate(
+        self,
+        prompt: Any,
+        num_images: Any = 1,
+        guidance_scale: Any = 3.0,
+        steps: Any = "100",
+        sampler: Any = "ancestral",
+        seed: Any = None,
+        random_seed: bool = True,
+        upsample: bool = True,
+        progress: bool = False,
+    ) -> JobResult:
+        """Text to image; returns the PNG paths. Raises :class:`InputError` for bad input."""
+        args = self._common(prompt, num_images, guidance_scale, steps, sampler, seed, random_seed)
+        with self._lock:
+            try:
+                result = self.text2image(
+                    args["prompt"],
+                    num_images=args["num_images"],
+                    guidance_scale=args["guidance_scale"],
+                    seed=args["seed"],
+                    steps=args["steps"],
+                    sampler=args["sampler"],
+                    upsample=bool(upsample),
+                    upsample_steps=self.upsample_steps,
+                    progress=progress,
+                )
+            except (ValueError, TypeError) as exc:
+                raise InputError(str(exc)) from None
+        folder = self._request_dir()
+        paths = self._save(result, folder, "glide")
+        logger.info("generate: %d image(s), seed %d -> %s", len(paths), args["seed"], folder.name)
+        return JobResult(paths, args["seed"], result.params)
+
+    def inpaint(
+        self,
+        image: Image.Image,
+        mask: Image.Image | None,
+        prompt: Any,
+        num_images: Any = 1,
+        guidance_scale: Any = 5.0,
+        steps: Any = "100",
+        sampler: Any = "ancestral",
+        seed: Any = None,
+        random_seed: bool = True,
+        upsample: bool = True,
+        progress: bool = False,
+    ) -> JobResult:
+        """Replace the white region of ``mask`` in ``image`` (both decoded and checked)."""
+        from glidekit.pipelines.images import keep_tensors, load_replace_mask, load_source, resize
+
+        args = self._common(prompt, num_images, guidance_scale, steps, sampler, seed, random_seed)
+        if mask is None:
+            raise InputError(
+                "Mask: paint over the region to replace with the brush, or upload a mask "
+                "(white = replace)."
+            )
+        if mask.size != image.size:
+            raise InputError(
+                f"Mask size {mask.size[0]}x{mask.size[1]} does not match the image size "
+                f"{image.size[0]}x{image.size[1]}."
+            )
+        replace = binary_mask(mask)
+        if not np.asarray(replace).any():
+            raise InputError("Mask is empty: paint (or upload in white) the region to replace.")
+        rgb = image.convert("RGB")
+        with self._lock:
+            try:
+                result = self.inpainter(
+                    args["prompt"],
+                    rgb,
+                    replace,
+                    num_images=args["num_images"],
+                    guidance_scale=args["guidance_scale"],
+                    seed=args["seed"],
+                    steps=args["steps"],
+                    sampler=args["sampler"],
+                    upsample=bool(upsample),
+                    upsample_steps=self.upsample_steps,
+                    progress=progress,
+                )
+            except (ValueError, TypeError) as exc:
+                raise InputError(str(exc)) from None
+        folder = self._request_dir()
+        paths = self._save(result, folder, "inpaint")
+        size = result.images[0].width
+        source = resize(load_source(rgb), size)
+        keep = keep_tensors(load_replace_mask(rgb, replace), [size])[0][0, 0].numpy()
+        mask_img = Image.fromarray(((1 - keep) * 255).astype(np.uint8), mode="L")
+        source_path = folder / "source.png"
+        mask_path = folder / "mask.png"
+        source.save(source_path)
+        mask_img.save(mask_path)
+        logger.info("inpaint: %d image(s), seed %d -> %s", len(paths), args["seed"], folder.name)
+        return JobResult(paths, args["seed"], result.params, source_path, mask_path)
