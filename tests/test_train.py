@@ -51,6 +51,15 @@ TINY_CLIP = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """The tiny configs pin torch to one thread (``train.threads: 1``, far faster than two
+    threads on a shared 2-core machine); give the next test its thread count back."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_config(out_dir: Path, **sections: dict) -> dict:
     """A tiny shapes-world config as a dict (sections merged over the defaults)."""
     cfg = {
@@ -64,6 +73,7 @@ def tiny_config(out_dir: Path, **sections: dict) -> dict:
             "log_every": 1,
             "checkpoint_every": 0,
             "progress": False,
+            "threads": 1,
         },
         "sample": {"every": 0, "count": 2, "steps": "3"},
     }

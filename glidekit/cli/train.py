@@ -1,4 +1,4 @@
-"""``glidekit train CONFIG [section.key=value ...] [--resume [CHECKPOINT]]``.
+"""``glidekit train CONFIG [section.key=value ...] [--resume | --resume-from CHECKPOINT]``.
 
 Runs the same way on one process or under ``torchrun --nproc_per_node N``. Exit codes: 0 when
 training finished or was stopped by SIGTERM/SIGINT after writing its checkpoint (continue with
@@ -33,11 +33,13 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--resume",
-        nargs="?",
-        const=True,
-        default=False,
+        action="store_true",
+        help="continue from <train.out_dir>/checkpoint.pt, exactly as if never stopped",
+    )
+    p.add_argument(
+        "--resume-from",
         metavar="CHECKPOINT",
-        help="continue from <train.out_dir>/checkpoint.pt (or the given checkpoint file)",
+        help="continue from this checkpoint file (writing into train.out_dir)",
     )
     p.add_argument(
         "--print-config", action="store_true", help="print the resolved config as YAML and exit"
@@ -63,7 +65,8 @@ def _train(args: argparse.Namespace) -> int:
         logging.getLogger("glidekit").setLevel(logging.WARNING)
     from glidekit.train.trainer import train
 
-    result = train(config, resume=args.resume)
+    resume: bool | str = args.resume_from if args.resume_from else bool(args.resume)
+    result = train(config, resume=resume)
     if result.stopped:
         logger.info("stopped at step %d; resume with --resume", result.step)
     return 0

@@ -152,9 +152,9 @@ class ModelSection:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> ModelSection:
+        if d is not None and not isinstance(d, Mapping):
+            raise ValueError(f"config section 'model' must be a mapping, got {type(d).__name__}")
         d = dict(d or {})
-        if not isinstance(d, dict):
-            raise ValueError("config section 'model' must be a mapping")
         kind = _coerce("model.kind", d.pop("kind", "text2im"), str)
         _choice("model.kind", kind, MODEL_KINDS)
         init = _coerce("model.init", d.pop("init", None), str | None)

@@ -696,6 +696,8 @@ class Trainer:
         if self._own_group:
             import torch.distributed as dist
 
+            # Every rank must be done communicating before gloo's connections are torn down.
+            st.barrier(self.dist)
             dist.destroy_process_group()
             self._own_group = False
 

@@ -1,0 +1,217 @@
+"""Training in real subprocesses: SIGTERM then --resume through the CLI, and torchrun (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from test_train import TINY_CLIP, _restore_threads, tiny_config  # noqa: F401 (autouse fixture)
+
+from glidekit.train import load_checkpoint, load_config, train
+
+TIMEOUT = 120
+
+# Run by torchrun: train, then check every rank ends with the same weights. Ranks other than 0
+# get every file-writing function replaced by one that fails, so a write there fails the run.
+DDP_SCRIPT = r"""
+import hashlib, json, os, sys
+from pathlib import Path
+
+from glidekit.train import load_config, report, state, trainer as tr
+
+rank = int(os.environ["RANK"])
+if rank != 0:
+    def forbidden(*args, **kwargs):
+        raise RuntimeError(f"rank {rank} tried to write a file")
+    state.atomic_torch_save = forbidden
+    for name in ("save_model", "save_clip", "save_grid", "plot_loss_curve"):
+        setattr(tr, name, forbidden)
+    report.MetricsLog.append = forbidden
+    report.MetricsLog.load = forbidden
+
+args = sys.argv[1:]
+resume = "--resume" in args
+cfg = load_config(args[0], [a for a in args[1:] if a != "--resume"])
+t = tr.Trainer(cfg, resume=resume)
+result = t.fit()
+
+def digest(module):
+    h = hashlib.sha256()
+    for p in module.state_dict().values():
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+hashes = state.all_gather_objects({"model": digest(t.model), "ema": digest(t.ema)}, t.dist)
+if rank == 0:
+    out = Path(cfg.train.out_dir) / "ddp.json"
+    out.write_text(json.dumps({"hashes": hashes, "world": t.dist.world_size, "step": result.step}))
+t.close()
+"""
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")]
+    )
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "glidekit.cli.main", "train", *args]
+
+
+def test_sigterm_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
+    cfg = tiny_config(
+        tmp_path / "unused",
+        model={"dropout": 0.1},
+        train={"steps": 60, "batch_size": 2, "threads": 1},
+        data={"length": 24},
+    )
+    config = _write_config(tmp_path / "cfg.yaml", cfg)
+    straight = subprocess.run(
+        _cli(str(config), f"train.out_dir={tmp_path / 'a'}"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert straight.returncode == 0, straight.stderr
+
+    out = tmp_path / "b"
+    proc = subprocess.Popen(
+        _cli(str(config), f"train.out_dir={out}"),
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, stderr
+    stopped = load_checkpoint(out / "checkpoint.pt")
+    assert 5 <= stopped["step"] < 60, "the signal arrived too late to test anything"
+    assert "stop requested" in stderr and not (out / "export.safetensors").exists()
+
+    resumed = subprocess.run(
+        _cli(str(config), f"train.out_dir={out}", "--resume"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    b = load_checkpoint(out / "checkpoint.pt")
+    assert a["step"] == b["step"] == 60
+    for key in ("model", "ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name}"
+    assert (out / "export.safetensors").is_file()
+    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
+    assert steps == list(range(1, 61))
+
+
+def _torchrun(tmp_path: Path, config: Path, *overrides: str) -> subprocess.CompletedProcess:
+    script = tmp_path / "ddp_check.py"
+    script.write_text(DDP_SCRIPT)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(config),
+        *overrides,
+    ]
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("kind", ["text2im", "clip"])
+def test_torchrun_two_processes(tmp_path: Path, kind: str) -> None:
+    out = tmp_path / "ddp"
+    sections: dict = {
+        "train": {"steps": 12, "batch_size": 4, "log_every": 2, "checkpoint_every": 6},
+        "optim": {"lr": 2e-3},
+    }
+    cfg = tiny_config(out, **sections)
+    if kind == "clip":
+        cfg["model"] = dict(TINY_CLIP)
+    config = _write_config(tmp_path / "cfg.yaml", cfg)
+    proc = _torchrun(tmp_path, config)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads((out / "ddp.json").read_text())
+    assert report["world"] == 2 and report["step"] == 12
+    assert report["hashes"][0] == report["hashes"][1]  # weights and EMA equal on both ranks
+
+    expected = {"checkpoint.pt", "metrics.jsonl", "loss.png", "export.safetensors", "ddp.json"}
+    if kind != "clip":
+        expected.add("samples")
+    assert {p.name for p in out.iterdir()} == expected  # one checkpoint, no temp files
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["step"] == 12
+    assert ckpt["world_size"] == 2 and len(ckpt["ranks"]) == 2
+    assert ckpt["ranks"][0]["data"] == ckpt["ranks"][1]["data"]
+    assert not torch.equal(ckpt["ranks"][0]["rng"]["torch"], ckpt["ranks"][1]["rng"]["torch"])
+
+    # Same loss-curve shape as one process with the same global batch.
+    ddp_losses = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    single_cfg = tiny_config(tmp_path / "single", **sections)
+    single_cfg["train"]["batch_size"] = 8
+    if kind == "clip":
+        single_cfg["model"] = dict(TINY_CLIP)
+    train(load_config(single_cfg))
+    single = [
+        json.loads(x)["loss"] for x in (tmp_path / "single/metrics.jsonl").read_text().splitlines()
+    ]
+    assert len(ddp_losses) == len(single) == 6
+    assert ddp_losses[-1] < ddp_losses[0] and single[-1] < single[0]
+    assert abs(ddp_losses[0] - single[0]) < 0.25 * single[0]
+    assert 0.5 < ddp_losses[-1] / single[-1] < 2.0
+
+
+def test_torchrun_resume_is_exact(tmp_path: Path) -> None:
+    """2 processes: 8 steps straight == 5 steps, then --resume to 8 (each rank's RNG and data)."""
+    cfg = tiny_config(
+        tmp_path / "unused",
+        model={"dropout": 0.1},
+        train={"steps": 8, "batch_size": 2, "log_every": 4},
+        data={"length": 12},
+    )
+    config = _write_config(tmp_path / "cfg.yaml", cfg)
+    a, b = tmp_path / "a", tmp_path / "b"
+    for overrides in (
+        [f"train.out_dir={a}"],
+        [f"train.out_dir={b}", "train.steps=5"],
+        [f"train.out_dir={b}", "--resume"],
+    ):
+        proc = _torchrun(tmp_path, config, *overrides)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    ca, cb = load_checkpoint(a / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt")
+    assert ca["step"] == cb["step"] == 8
+    for key in ("model", "ema"):
+        for name in ca[key]:
+            assert torch.equal(ca[key][name], cb[key][name]), f"{key}.{name}"
+    assert [r["data"] for r in ca["ranks"]] == [r["data"] for r in cb["ranks"]]
