@@ -259,9 +259,9 @@ def build_app(config: WebConfig, jobs: Jobs | None = None) -> Any:
                             i_stop = gr.Button("Cancel", variant="stop", elem_id="inp-cancel")
                     with gr.Column():
                         with gr.Row():
-                            i_source = gr.Image(label="Source", interactive=False, format="png",
+                            i_source = gr.Image(label="Source", interactive=False, format="png", height=220,
                                                 elem_id="inp-source")  # fmt: skip
-                            i_mask_out = gr.Image(label="Mask", interactive=False, format="png",
+                            i_mask_out = gr.Image(label="Mask", interactive=False, format="png", height=220,
                                                   elem_id="inp-mask-out")  # fmt: skip
                         i_gallery = gr.Gallery(label="Results", format="png", columns=2,
                                                elem_id="inp-gallery", interactive=False)  # fmt: skip

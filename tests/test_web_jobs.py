@@ -1,0 +1,158 @@
+"""The web app's jobs without a server: limits, input checks, uploads, masks and the PNGs made."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_pipelines_models import UP_SIZE, random_picture, save_tiny_models, square_mask
+
+from glidekit.pipelines import read_png_params
+from glidekit.web.jobs import (
+    InputError,
+    Jobs,
+    Limits,
+    WebConfig,
+    check_prompt,
+    check_seed,
+    check_steps,
+    count_steps,
+    mask_from_layers,
+    open_image,
+    upload_path,
+)
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory) -> Jobs:
+    models = save_tiny_models(tmp_path_factory.mktemp("models"))
+    config = WebConfig(
+        workdir=tmp_path_factory.mktemp("work"),
+        base=str(models["base"]),
+        upsampler=str(models["upsample"]),
+        inpaint=str(models["base-inpaint"]),
+        inpaint_upsampler=str(models["upsample-inpaint"]),
+        device="cpu",
+        upsample_steps="ddim4",
+    )
+    return Jobs(config)
+
+
+def test_step_counts_and_limits():
+    assert count_steps("50") == 50 and count_steps("ddim25") == 25
+    assert count_steps("fast27") == 27 and count_steps("10,10,3,2,2") == 27
+    assert count_steps("karras12") == 12
+    lim = Limits(max_steps=100)
+    assert check_steps(4, lim) == "4" and check_steps(" DDIM4 ", lim) == "ddim4"
+    assert check_steps(8.0, lim) == "8"
+    for bad, words in [
+        ("99999", "between 1 and 100"),
+        ("0", "between 1 and 100"),
+        ("banana", "cannot read"),
+        ("", "number of steps"),
+        (True, "number of steps"),
+        ("9" * 100, "too long"),
+    ]:
+        with pytest.raises(InputError, match=words):
+            check_steps(bad, lim)
+
+
+def test_prompt_and_seed_checks():
+    lim = Limits(max_prompt_chars=10)
+    assert check_prompt("  a   cat ", lim) == "a cat"
+    for bad, words in [("", "empty"), ("   ", "empty"), (None, "type"), ("x" * 11, "too long")]:
+        with pytest.raises(InputError, match=words):
+            check_prompt(bad, lim)
+    assert check_seed(5, False) == 5 and check_seed(5.0, False) == 5
+    assert 0 <= check_seed(5, True) < 2**31  # random wins
+    for bad in (-1, 2**40, 1.5, "x", float("nan")):
+        with pytest.raises(InputError):
+            check_seed(bad, False)
+
+
+def test_uploads_only_from_the_apps_folders(tmp_path):
+    inside = tmp_path / "uploads" / "a.png"
+    inside.parent.mkdir()
+    random_picture((20, 20)).save(inside)
+    outside = tmp_path / "secret.png"
+    random_picture((20, 20)).save(outside)
+    roots = [tmp_path / "uploads"]
+    assert upload_path(str(inside), roots, "Image") == inside.resolve()
+    assert upload_path({"path": str(inside)}, roots, "Image") == inside.resolve()
+    for bad in (str(outside), str(inside.parent / ".." / "secret.png"), "/etc/passwd", None, 3):
+        with pytest.raises(InputError):
+            upload_path(bad, roots, "Image")
+
+
+def test_open_image_limits(tmp_path):
+    lim = Limits(max_upload_bytes=50_000, max_pixels=100 * 100, min_side=8)
+    ok = tmp_path / "ok.png"
+    random_picture((64, 48)).save(ok)
+    assert open_image(ok, lim, "Image").size == (64, 48)
+    cases = {
+        "tiny.png": (lambda p: Image.new("RGB", (1, 1)).save(p), "too small: 1x1"),
+        "wide.png": (lambda p: Image.new("RGB", (200, 100)).save(p), "too many pixels"),
+        "text.png": (lambda p: p.write_text("not an image"), "not an image"),
+        "big.bin": (lambda p: p.write_bytes(b"\0" * 60_000), "too large"),
+    }
+    for name, (make, words) in cases.items():
+        path = tmp_path / name
+        make(path)
+        with pytest.raises(InputError, match=words):
+            open_image(path, lim, "Image")
+
+
+def test_mask_from_painted_layers():
+    layer = Image.new("RGBA", (40, 30), (0, 0, 0, 0))
+    layer.paste((255, 0, 255, 255), (10, 5, 20, 15))
+    mask = mask_from_layers([layer, Image.new("RGBA", (40, 30), (0, 0, 0, 0))], (40, 30))
+    arr = np.asarray(mask)
+    assert arr.shape == (30, 40) and arr[5:15, 10:20].all() and arr.sum() == 100 * 255
+    assert mask_from_layers([Image.new("RGBA", (40, 30))], (40, 30)) is None  # nothing painted
+
+
+def test_generate_writes_pngs_with_params(jobs):
+    r = jobs.generate("a red circle", 2, 3.0, "4", "ddim", 11, False, True)
+    assert r.seed == 11 and len(r.paths) == 2
+    assert all(p.parent.parent == jobs.config.outputs_dir for p in r.paths)
+    params = read_png_params(r.paths[1])
+    assert params["prompt"] == "a red circle" and params["seed"] == 11 and params["index"] == 1
+    assert params["base"] == "base.safetensors"  # no server paths in the files
+    assert Image.open(r.paths[0]).size == (UP_SIZE, UP_SIZE)
+    again = jobs.generate("a red circle", 2, 3.0, "4", "ddim", 11, False, True)
+    assert np.array_equal(
+        np.asarray(Image.open(r.paths[0])), np.asarray(Image.open(again.paths[0]))
+    )
+    random_run = jobs.generate("a red circle", 1, 3.0, "4", "ancestral", 11, True, False)
+    assert read_png_params(random_run.paths[0])["seed"] == random_run.seed
+    assert Image.open(random_run.paths[0]).size == (8, 8)  # upsampling off
+
+
+def test_generate_refuses_bad_requests(jobs):
+    with pytest.raises(InputError, match="between 1 and 4"):
+        jobs.generate("x", 50, 3.0, "4", "ddim", 0, False, False)
+    with pytest.raises(InputError, match="Sampler"):
+        jobs.generate("x", 1, 3.0, "4", "nope", 0, False, False)
+    with pytest.raises(InputError, match="Guidance"):
+        jobs.generate("x", 1, 1e9, "4", "ddim", 0, False, False)
+    with pytest.raises(InputError, match="steps"):  # the pipeline's own check, passed on
+        jobs.generate("x", 1, 3.0, "karras1", "ddim", 0, False, False)
+
+
+def test_inpaint_keeps_the_unmasked_region(jobs):
+    picture = random_picture((48, 48), seed=3)
+    mask = square_mask((48, 48), (12, 12, 30, 30))
+    r = jobs.inpaint(picture, mask, "a dog", 1, 5.0, "4", "ddim", 2, False, True)
+    result = np.asarray(Image.open(r.paths[0])).astype(int)
+    source = np.asarray(Image.open(r.source)).astype(int)
+    replaced = np.asarray(Image.open(r.mask)) > 0
+    assert result.shape == source.shape == (UP_SIZE, UP_SIZE, 3)
+    assert replaced.any() and not replaced.all()
+    assert np.array_equal(result[~replaced], source[~replaced])
+    assert np.abs(result[replaced] - source[replaced]).max() > 0
+    with pytest.raises(InputError, match="paint"):
+        jobs.inpaint(picture, None, "a dog")
+    with pytest.raises(InputError, match="empty"):
+        jobs.inpaint(picture, Image.new("L", (48, 48), 0), "a dog")
+    with pytest.raises(InputError, match="does not match"):
+        jobs.inpaint(picture, square_mask((40, 48), (1, 1, 5, 5)), "a dog")
