@@ -2,8 +2,11 @@
 
 Every PNG written carries its parameters (see :mod:`glidekit.pipelines.images`), so
 ``glidekit generate --from picture.png`` makes the same picture again. Files are never
-overwritten: a taken name gets a ``-1``, ``-2``, ... suffix. ``--json`` prints one JSON object
-describing what was written. Bad input is an error naming the argument, exit code 2.
+overwritten: a taken name gets a ``-1``, ``-2``, ... suffix; each is written to a temporary
+name first, so no partial PNG ever has a final name. ``--json`` prints one JSON object
+describing what was written. Bad input is an error naming the argument, exit code 2, checked
+before any model is loaded or file written. ``generate --prompts-file`` runs a resumable,
+shardable bulk job (see :mod:`glidekit.cli.bulk`).
 """
 
 from __future__ import annotations
@@ -116,12 +119,23 @@ def register(subparsers: Any) -> None:
         ),
     )
     gen.add_argument("prompts", nargs="*", metavar="PROMPT", help="text prompt(s)")
-    gen.add_argument("--prompts-file", metavar="FILE", help="one prompt per line (# comments)")
     gen.add_argument(
-        "--batch-size", type=int, metavar="B", help="prompts per batch with --prompts-file (8)"
+        "--prompts-file",
+        metavar="FILE",
+        help="bulk job: one prompt (or JSON object) per line; resumable, torchrun-shardable",
     )
     gen.add_argument("--from", dest="from_png", metavar="PNG", help="repeat a glidekit PNG's run")
     gen.add_argument("--clip", action="store_true", help="CLIP guidance instead of classifier-free")
+    gen.add_argument(
+        "--clip-image-enc",
+        metavar="NAME_OR_PATH",
+        help="CLIP image encoder: released name (clip/image-enc) or file (implies --clip)",
+    )
+    gen.add_argument(
+        "--clip-text-enc",
+        metavar="NAME_OR_PATH",
+        help="CLIP text encoder: released name (clip/text-enc) or file (implies --clip)",
+    )
     _common(gen)
     gen.set_defaults(func=_generate)
 
@@ -240,8 +254,38 @@ def _pipeline(cls, args: argparse.Namespace, base_default: Any, up_default: Any,
     return cls(base, up, **kwargs)
 
 
+def _check_outdir(outdir: str) -> Path:
+    """Create the output folder (or refuse with exit code 2) before anything is computed."""
+    import tempfile
+
+    from glidekit.cli.main import UsageError
+
+    path = Path(outdir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"--outdir: {outdir!r} exists and is not a folder") from None
+    except OSError as exc:
+        raise UsageError(f"--outdir: cannot create {outdir!r} ({exc.strerror})") from None
+    try:  # writable? (permission bits alone do not tell, e.g. for root or read-only mounts)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--outdir: cannot write in {outdir!r} ({exc.strerror})") from None
+    return path
+
+
 def _write(results: list, args: argparse.Namespace, command: str) -> int:
     """Save every result's images (and grids); print paths or one JSON object."""
+    try:
+        return _write_files(results, args, command)
+    except OSError as exc:
+        from glidekit.cli.main import UsageError
+
+        raise UsageError(f"--outdir: cannot write the images ({exc})") from None
+
+
+def _write_files(results: list, args: argparse.Namespace, command: str) -> int:
     written: list[dict[str, Any]] = []
     grids: list[str] = []
     runs: list[dict[str, Any]] = []
@@ -272,23 +316,6 @@ def _call(fn, *a: Any, **kw: Any):
         return fn(*a, **kw)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         raise _usage_error(exc, _ARG_NAMES) from exc
-
-
-def _read_prompts_file(path: str) -> list[str]:
-    from glidekit.cli.main import UsageError
-
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"--prompts-file: {path!r} is not a file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"--prompts-file: {path!r} is not UTF-8 text ({exc.reason})") from None
-    lines = [line.strip() for line in text.splitlines()]
-    prompts = [line for line in lines if line and not line.startswith("#")]
-    if not prompts:
-        raise UsageError(f"--prompts-file: {path!r} holds no prompts")
-    return prompts
 
 
 def _from_png(args: argparse.Namespace, kw: dict[str, Any]) -> tuple[list[str], int | None]:
@@ -336,12 +363,29 @@ def _from_png(args: argparse.Namespace, kw: dict[str, Any]) -> tuple[list[str], 
     return prompts, index
 
 
+def _distributed_device(args: argparse.Namespace) -> None:
+    """Under torchrun on GPUs, each process samples on its own card (recorded as "cuda")."""
+    import os
+
+    import torch
+
+    local = os.environ.get("LOCAL_RANK")
+    if local and local.isdigit() and args.device in ("auto", "cuda") and torch.cuda.is_available():
+        torch.cuda.set_device(int(local) % torch.cuda.device_count())
+        args.device = "cuda"
+
+
 def _generate(args: argparse.Namespace) -> int:
+    from glidekit.cli import bulk
     from glidekit.cli.main import UsageError
     from glidekit.pipelines import ClipGuidedPipeline, Text2ImagePipeline
+    from glidekit.pipelines.common import check_seed
 
     kw = _call(_kwargs, args)
     index = None
+    items = None
+    if args.clip_image_enc or args.clip_text_enc:
+        args.clip = True
     if args.from_png:
         if args.prompts_file:
             raise UsageError("--from and --prompts-file cannot be combined")
@@ -349,40 +393,82 @@ def _generate(args: argparse.Namespace) -> int:
     elif args.prompts_file:
         if args.prompts:
             raise UsageError("PROMPT and --prompts-file cannot be combined")
-        prompts = _read_prompts_file(args.prompts_file)
+        items, file_sha = bulk.read_items(args.prompts_file)
+        prompts = [item.prompt for item in items]
     else:
         prompts = args.prompts
     if not prompts:
         raise UsageError("PROMPT: no prompt given (pass one, --prompts-file or --from)")
-    batch = args.batch_size
-    if batch is None:
-        batch = 8 if args.prompts_file else len(prompts)
-    if batch < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {batch}")
     _call(_check_early, kw)
+    for item in items or []:
+        if item.overrides:
+            try:
+                ikw = bulk.item_kwargs(item, kw, 0)
+                check_seed(ikw["seed"])
+                _check_early(ikw)
+            except (ValueError, TypeError) as exc:
+                raise UsageError(f"--prompts-file: line {item.line}: {exc}") from None
+    _check_outdir(args.outdir)
+    _distributed_device(args)
+    extra: dict[str, Any] = {}
+    if args.clip_image_enc or args.clip_text_enc:
+        from glidekit.pipelines.clip_guided import RELEASED_CLIP
+
+        extra["clip"] = (
+            args.clip_image_enc or RELEASED_CLIP[0],
+            args.clip_text_enc or RELEASED_CLIP[1],
+        )
     cls = ClipGuidedPipeline if args.clip else Text2ImagePipeline
-    pipe = _call(_pipeline, cls, args, "base", "upsampler")
-    results = []
+    pipe = _call(_pipeline, cls, args, "base", "upsampler", **extra)
+    names = dict(_ARG_NAMES, clip_image_enc="--clip-image-enc", clip_text_enc="--clip-text-enc")
+    if items is not None:
+        settings = {
+            "pipeline": cls.pipeline_name,
+            "base": pipe.base_slot.label if pipe.base_slot else None,
+            "upsampler": pipe.upsampler_slot.label if pipe.upsampler_slot else None,
+            "clip": pipe.clip_label if args.clip else None,
+            "options": _json_options(kw),
+        }
+
+        def call(fn, *a: Any, **k: Any):
+            try:
+                return fn(*a, **k)
+            except (ValueError, TypeError, FileNotFoundError) as exc:
+                raise _usage_error(exc, names) from exc
+
+        try:
+            return bulk.run_bulk(args, pipe, kw, items, file_sha, call, settings)
+        except OSError as exc:
+            raise UsageError(f"--outdir: cannot write the job's files ({exc})") from None
     seed = kw.pop("seed", None)
-    for k in range(0, len(prompts), batch):
-        chunk_seed = None if seed is None else seed + k // batch
-        result = _call(pipe, prompts[k : k + batch], seed=chunk_seed, **kw)
-        if index is not None:
-            result = result.select(int(index)) if 0 <= int(index) < len(result) else result
-        results.append(result)
-    return _write(results, args, "generate")
+    try:
+        result = pipe(prompts, seed=seed, **kw)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        raise _usage_error(exc, names) from exc
+    if index is not None:
+        result = result.select(int(index)) if 0 <= int(index) < len(result) else result
+    return _write([result], args, "generate")
+
+
+def _json_options(kw: dict[str, Any]) -> dict[str, Any]:
+    """The options that decide a job's pictures (not how progress is shown)."""
+    from glidekit.pipelines.common import jsonable
+
+    return jsonable({k: v for k, v in sorted(kw.items()) if k not in ("progress", "seed")})
 
 
 def _inpaint(args: argparse.Namespace) -> int:
     from glidekit.pipelines import InpaintPipeline
-    from glidekit.pipelines.images import load_replace_mask, load_source
+    from glidekit.pipelines.images import check_mask_coverage, load_replace_mask, load_source
 
     kw = _call(_kwargs, args)
     mask = None if args.mask.strip().lower() == "alpha" else args.mask
     names = {"image_name": "IMAGE", "mask_name": "MASK"}
     _call(load_source, args.image, args.fit, "IMAGE")
-    _call(load_replace_mask, args.image, mask, args.fit, **names)
+    _call(check_mask_coverage, _call(load_replace_mask, args.image, mask, args.fit, **names),
+          "MASK")  # fmt: skip
     _call(_check_early, kw)
+    _check_outdir(args.outdir)
     pipe = _call(_pipeline, InpaintPipeline, args, "base_inpaint", "upsampler_inpaint")
     result = _call(pipe, args.prompts, args.image, mask, fit=args.fit, **kw)
     return _write([result], args, "inpaint")
@@ -397,6 +483,7 @@ def _upsample(args: argparse.Namespace) -> int:
         kw["temperature"] = args.temperature
     _call(load_source, args.image, args.fit, "IMAGE")
     _call(_check_early, kw)
+    _check_outdir(args.outdir)
     pipe = _call(_pipeline, UpsamplePipeline, args, None, "upsampler")
     names = dict(_ARG_NAMES, temperature="--temperature")
     names.update(upsample_steps="--steps", upsample_sampler="--sampler")
@@ -410,7 +497,7 @@ def _upsample(args: argparse.Namespace) -> int:
 def _edit(args: argparse.Namespace) -> int:
     from glidekit.pipelines import EditPipeline
     from glidekit.pipelines.common import check_strength
-    from glidekit.pipelines.images import load_replace_mask, load_source
+    from glidekit.pipelines.images import check_mask_coverage, load_replace_mask, load_source
 
     kw = _call(_kwargs, args)
     if args.strength is not None:
@@ -420,8 +507,10 @@ def _edit(args: argparse.Namespace) -> int:
     _call(load_source, args.image, args.fit, "IMAGE")
     if args.mask is not None:
         names = {"image_name": "IMAGE", "mask_name": "--mask"}
-        _call(load_replace_mask, args.image, args.mask, args.fit, **names)
+        replace = _call(load_replace_mask, args.image, args.mask, args.fit, **names)
+        _call(check_mask_coverage, replace, "--mask", allow_full=True)
     _call(_check_early, kw)
+    _check_outdir(args.outdir)
     pipe = _call(_pipeline, EditPipeline, args, "base", "upsampler")
     names = dict(_ARG_NAMES, mask="--mask", image="IMAGE")
     try:

@@ -7,7 +7,9 @@ shifts the mean (ancestral) or the noise estimate (DDIM). The upsampler then run
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +29,92 @@ from glidekit.pipelines.text2image import Text2ImagePipeline, expand_prompts
 
 #: The released CLIP towers, as (image encoder, text encoder) sources.
 RELEASED_CLIP = ("clip/image-enc", "clip/text-enc")
+
+
+CLIP_FILE_FORMAT = "glide-clip/1"  # both towers in one file (glidekit.train.save_clip)
+_TOWERS = (("image_encoder", "clip/image-enc", "clip_image_enc"),
+           ("text_encoder", "clip/text-enc", "clip_text_enc"))  # fmt: skip
+
+
+def _clip_file_metadata(source: Any) -> dict[str, str] | None:
+    """The safetensors metadata of a local CLIP file, or None (a released name, a .pt, ...)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return None
+    path = Path(source)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception:  # unreadable: load_into reports it properly
+        return None
+
+
+def load_clip_pair(sources: tuple[Any, Any], tokenizer: Any = None, cache_dir: Any = None):
+    """A NoisedCLIP from (image encoder, text encoder) sources.
+
+    Each source is a released name (``clip/image-enc``, ``clip/text-enc``), a checkpoint file
+    of that tower (``.pt`` or ``.safetensors``), or a glidekit CLIP file: a ``.safetensors``
+    carrying its :class:`~glidekit.clip.CLIPConfig` as JSON under the metadata key
+    ``glidekit.clip_config`` (a tower, or both towers as ``glidekit.train.save_clip`` writes;
+    passing such a file for both gives the whole model). Files without a config are of the
+    released architecture.
+    """
+    from glidekit.checkpoints import load_into
+    from glidekit.clip import CLIPConfig, create_clip_model
+
+    metas = [_clip_file_metadata(s) for s in sources]
+    configs = []
+    for (_, _, arg), meta in zip(_TOWERS, metas, strict=True):
+        raw = (meta or {}).get("glidekit.clip_config")
+        if raw is None:
+            configs.append(None)
+            continue
+        try:
+            configs.append(CLIPConfig.from_dict(json.loads(raw)))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(
+                f"{arg}: the file's glidekit.clip_config is not valid ({exc})"
+            ) from None
+        tok = (meta or {}).get("glidekit.tokenizer")
+        if tok and json.loads(tok).get("type", "clip") != "clip":
+            raise ValueError(
+                f"{arg}: this CLIP was trained with the {json.loads(tok)['type']!r} tokenizer; "
+                "CLIP guidance from prompts needs the CLIP tokenizer"
+            )
+    known = [c for c in configs if c is not None]
+    if len(known) == 2 and known[0] != known[1]:
+        raise ValueError("clip: the image and text encoder files are of different CLIP configs")
+    model = create_clip_model(known[0] if known else None, tokenizer=tokenizer)
+    for (attr, released, arg), src, meta in zip(_TOWERS, sources, metas, strict=True):
+        tower = getattr(model, attr)
+        if meta is not None and meta.get("glidekit.format") == CLIP_FILE_FORMAT:
+            from safetensors import safe_open
+
+            prefix = f"{attr}."
+            with safe_open(str(src), framework="pt") as f:
+                state = {
+                    k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)
+                }
+            try:
+                tower.load_state_dict(state, strict=True)
+            except RuntimeError as exc:
+                raise ValueError(
+                    f"{arg}: {str(src)!r} does not fit its own config ({exc})"
+                ) from None
+            continue
+        try:
+            load_into(tower, src, checkpoint=None if meta is not None else released,
+                      cache_dir=cache_dir)  # fmt: skip
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{arg}: {exc}") from None
+        except Exception as exc:
+            if isinstance(exc, (ValueError, TypeError)) or type(exc).__name__ == "CheckpointError":
+                raise ValueError(f"{arg}: {exc}") from None
+            raise
+    return model
 
 
 class ClipGuidedPipeline(GlidePipeline):
@@ -75,20 +163,13 @@ class ClipGuidedPipeline(GlidePipeline):
     def clip(self):
         """The noise-aware CLIP, on the pipeline's device (float32)."""
         if self._clip is None:
-            from glidekit.clip import NoisedCLIP, create_clip_model
+            from glidekit.clip import NoisedCLIP
 
             src = self._clip_source
             if isinstance(src, NoisedCLIP):
                 model = src
             elif isinstance(src, tuple) and len(src) == 2:
-                from glidekit.checkpoints import load_into
-
-                model = create_clip_model(tokenizer=self._clip_tokenizer)
-                image_src, text_src = src
-                load_into(model.image_encoder, image_src, checkpoint="clip/image-enc",
-                          cache_dir=self._cache_dir)  # fmt: skip
-                load_into(model.text_encoder, text_src, checkpoint="clip/text-enc",
-                          cache_dir=self._cache_dir)  # fmt: skip
+                model = load_clip_pair(src, self._clip_tokenizer, self._cache_dir)
             else:
                 raise TypeError(
                     "clip must be a NoisedCLIP or an (image encoder, text encoder) pair of "

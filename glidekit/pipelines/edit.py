@@ -27,6 +27,7 @@ from glidekit.pipelines.common import (
 from glidekit.pipelines.engine import GlidePipeline, Stage, upsample_stage_args
 from glidekit.pipelines.images import (
     check_fit,
+    check_mask_coverage,
     image_tensors,
     keep_tensors,
     load_replace_mask,
@@ -88,7 +89,10 @@ class EditPipeline(GlidePipeline):
         )
         upsample = bool(upsample) and self.upsampler_slot is not None
         square = load_source(image, fit)  # read (and check) the inputs before loading models
-        replace = load_replace_mask(image, mask, fit) if mask is not None else None
+        replace = None
+        if mask is not None:
+            replace = check_mask_coverage(load_replace_mask(image, mask, fit), "mask",
+                                          allow_full=True)  # fmt: skip
         sizes = [self.base.model.config.image_size]
         if upsample:
             sizes.append(self.upsampler.model.config.image_size)  # type: ignore[union-attr]

@@ -19,9 +19,11 @@ overwrites: an existing name gets a ``-1``, ``-2``, ... suffix.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -207,6 +209,24 @@ def load_replace_mask(
     return fit_square(replace, fit, 0)
 
 
+def check_mask_coverage(replace: Image.Image, name: str = "mask", *,
+                        allow_full: bool = False) -> Image.Image:  # fmt: skip
+    """Reject a replace mask that marks nothing (nothing to do) or, unless ``allow_full``,
+    everything (nothing of the image is kept: that is text-to-image, not inpainting)."""
+    arr = np.asarray(replace)
+    if not arr.any():
+        raise ValueError(
+            f"{name}: the mask is empty (all black): nothing to repaint; white marks the region "
+            "to replace"
+        )
+    if not allow_full and arr.all():
+        raise ValueError(
+            f"{name}: the mask covers the whole image: nothing of it would be kept; black marks "
+            "the region to keep (to make a new picture use generate)"
+        )
+    return replace
+
+
 def image_tensors(square: Image.Image, sizes: Sequence[int]) -> list[torch.Tensor]:
     """A square picture resized (bicubic) to each of ``sizes``: (1, 3, S, S) in [-1, 1]."""
     return [to_tensor(resize(square, s))[None] for s in sizes]
@@ -286,22 +306,86 @@ def png_info(params: dict[str, Any]) -> PngImagePlugin.PngInfo:
     return info
 
 
+def png_bytes(image: Image.Image, params: dict[str, Any]) -> bytes:
+    """The PNG file of ``image`` with ``params`` as text chunks.
+
+    The same image and params give the same bytes: no time chunk, sorted JSON, fixed chunk
+    order and compression.
+    """
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=png_info(params))
+    return buf.getvalue()
+
+
+def _temp_beside(path: Path) -> Path:
+    """A fresh hidden temporary name next to ``path`` (not a ``.png``; removed on failure)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _write_temp(data: bytes, tmp: Path) -> None:
+    with open(tmp, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Best-effort fsync of a folder, so renames in it survive a crash."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(data: bytes, path: str | os.PathLike) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace`` (overwrites).
+
+    Readers (and a run killed at any point) see either no file / the old file or the whole new
+    one under ``path``, never a part.
+    """
+    path = Path(path)
+    tmp = _temp_beside(path)
+    try:
+        _write_temp(data, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return path
+
+
 def save_png(image: Image.Image, path: str | os.PathLike, params: dict[str, Any]) -> Path:
     """Write ``image`` with ``params`` in its metadata to ``path`` or a fresh variant of it.
 
-    The file is created exclusively, so a file that appears meanwhile is not overwritten either.
+    Never overwrites, and never leaves a partial PNG under a final name: the file is written
+    to a temporary name and then linked to the first free name (link fails on a taken name, so
+    a file that appears meanwhile is not overwritten either).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = png_info(params)
-    while True:
-        target = fresh_path(path)
-        try:
-            with open(target, "xb") as f:
-                image.save(f, format="PNG", pnginfo=info)
-            return target
-        except FileExistsError:  # raced with another writer; try the next name
-            continue
+    data = png_bytes(image, params)
+    tmp = _temp_beside(path)
+    try:
+        _write_temp(data, tmp)
+        while True:
+            target = fresh_path(path)
+            try:
+                os.link(tmp, target)
+            except FileExistsError:  # raced with another writer; try the next name
+                continue
+            except OSError:  # no hard links here: replace, after the free-name check
+                os.replace(tmp, target)
+            break
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return target
 
 
 def read_png_params(path: str | os.PathLike, name: str = "--from") -> dict[str, Any]:

@@ -25,6 +25,7 @@ from glidekit.pipelines.common import (
 from glidekit.pipelines.engine import GlidePipeline, Stage, upsample_stage_args
 from glidekit.pipelines.images import (
     check_fit,
+    check_mask_coverage,
     image_tensors,
     keep_tensors,
     load_replace_mask,
@@ -92,7 +93,7 @@ class InpaintPipeline(GlidePipeline):
         upsample = bool(upsample) and self.upsampler_slot is not None
         # Read (and check) the inputs before loading models.
         square = load_source(image, fit, keep_hidden=mask is None)
-        replace = load_replace_mask(image, mask, fit)
+        replace = check_mask_coverage(load_replace_mask(image, mask, fit), "mask")
         sizes = [self.base.model.config.image_size]
         if upsample:
             sizes.append(self.upsampler.model.config.image_size)  # type: ignore[union-attr]
