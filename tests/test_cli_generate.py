@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -100,26 +101,26 @@ def test_no_overwrite_and_plain_output(run, tmp_path):
     assert read_png_params(first)["upsampler"] is None
 
 
-def test_prompts_file_in_batches(run, tmp_path):
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("# shapes\na red circle\n\na blue square\na cat\n")
-    code, out, err = run(
-        "generate",
-        "--prompts-file",
-        str(prompts),
-        "--batch-size",
-        "2",
-        "--seed",
-        "10",
-        "--no-upsample",
-        "--steps",
-        "2",
-        "--json",
+def test_prompts_file_job(run, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        "# shapes\na red circle\n\n"
+        '{"prompt": "a blue square", "num_images": 2, "guidance_scale": 4, "name": "sq"}\n'
+        '{"prompt": "a cat", "seed": 3, "steps": "ddim2"}\n'
     )
+    code, out, err = run("generate", "--prompts-file", str(prompts), "--seed", "10",
+                         "--no-upsample", "--steps", "2", "--json")  # fmt: skip
     assert code == 0, err
     data = json.loads(out)
-    assert [i["prompt"] for i in data["images"]] == ["a red circle", "a blue square", "a cat"]
-    assert [r["seed"] for r in data["runs"]] == [10, 11]
+    assert [i["prompt"] for i in data["images"]] == ["a red circle"] + ["a blue square"] * 2 + [
+        "a cat"
+    ]
+    assert [i["seed"] for i in data["images"]] == [10, 11, 11, 3]
+    names = [i["path"].rsplit("/", 1)[1] for i in data["images"]]
+    assert names == ["00000-a-red-circle-s10.png", "sq-0.png", "sq-1.png", "00002-a-cat-s3.png"]
+    assert read_png_params(data["images"][1]["path"])["guidance_scale"] == 4
+    assert read_png_params(data["images"][3]["path"])["steps"] == "ddim2"
+    assert data["job"]["written_items"] == 3 and data["job"]["world_size"] == 1
 
 
 def test_inpaint_edit_upsample_commands(run, tmp_path):
@@ -187,7 +188,29 @@ def files(tmp_path):
     square_mask((16, 16), (0, 0, 8, 8)).save(mask)
     plain = tmp_path / "plain.png"
     Image.new("RGB", (8, 8)).save(plain)
-    return {"src": str(src), "mask": str(mask), "plain": str(plain)}
+    paths = {"src": str(src), "mask": str(mask), "plain": str(plain)}
+    masks = {
+        "mask32": square_mask((UP_SIZE, UP_SIZE), (0, 0, 8, 8)),
+        "wide": square_mask((UP_SIZE, UP_SIZE // 2), (0, 0, 8, 8)),
+        "empty": square_mask((UP_SIZE, UP_SIZE), (0, 0, 0, 0)),
+        "full": square_mask((UP_SIZE, UP_SIZE), (0, 0, UP_SIZE, UP_SIZE)),
+        "opaque": random_picture((UP_SIZE, UP_SIZE), mode="RGBA"),
+    }
+    for name, img in masks.items():
+        img.save(tmp_path / f"{name}.png")
+        paths[name] = str(tmp_path / f"{name}.png")
+    texts = {
+        "text": "not an image\n",
+        "badjson": 'a cat\n{"prompt": "a dog",\n',
+        "badkey": '{"prompt": "a dog", "colour": "red"}\n',
+        "badseed": '{"prompt": "a dog", "seed": -3}\n',
+        "badcount": '{"prompt": "a dog", "num_images": 0}\n',
+        "badname": '{"prompt": "a dog", "name": "../up"}\n',
+    }
+    for name, text in texts.items():
+        (tmp_path / f"{name}.png").write_text(text)
+        paths[name] = str(tmp_path / f"{name}.png")
+    return paths
 
 
 @pytest.mark.parametrize(
@@ -205,7 +228,37 @@ def files(tmp_path):
         (["generate", "--prompts-file", "{plain}"], "--prompts-file: "),
         (["generate", "--from", "{plain}"], "--from: .* carries no glidekit parameters"),
         (["generate", "--from", "missing.png"], "--from: 'missing.png' is not a file"),
-        (["generate", "x", "--batch-size", "0"], "--batch-size must be >= 1"),
+        (["generate", "x", "-n", "-2"], "--num-images must be >= 1"),
+        (["generate", "x", "--steps", "0"], "--steps must be >= 1"),
+        (["generate", "x", "--steps", "-5"], "--steps: .*cannot take -5 steps"),
+        (["generate", "x", "--steps", "banana"], "--steps: .*unknown spelling 'banana'"),
+        (["generate", "x", "--upsample-steps", "0"], "--upsample-steps must be >= 1"),
+        (["generate", "x", "--steps", "karras0"], "--steps"),
+        (["generate", "x", "--sampler", "plms"], "--sampler: unknown sampler 'plms'"),
+        (["generate", "x", "--seed", "-1"], "seed must be >= 0"),
+        (["generate", "--prompts-file", "{badjson}"], "--prompts-file: line 2: not valid JSON"),
+        (["generate", "--prompts-file", "{badkey}"], "--prompts-file: line 1: unknown keys"),
+        (["generate", "--prompts-file", "{badseed}"], "--prompts-file: line 1: seed must be"),
+        (["generate", "--prompts-file", "{badcount}"], "--prompts-file: line 1: .*must be >= 1"),
+        (["generate", "--prompts-file", "{badname}"], '--prompts-file: line 1: "name" must'),
+        (["generate", "--prompts-file", "missing.txt"], "--prompts-file: 'missing.txt' is not"),
+        (["generate", "x", "y", "--prompts-file", "{plain}"], "PROMPT and --prompts-file"),
+        (["generate", "x", "--clip-image-enc", "nope.pt"], "--clip-image-enc: "),
+        (["inpaint", "nope.png", "{mask32}", "x"], "IMAGE: 'nope.png' is not a file"),
+        (["inpaint", "{text}", "{mask32}", "x"], "IMAGE: cannot read .* as an image"),
+        (["inpaint", "{src}", "{text}", "x"], "MASK: cannot read .* as an image"),
+        (["inpaint", "{src}", "{wide}", "x"], "MASK: mask size 32x16 does not match IMAGE size"),
+        (["inpaint", "{src}", "{empty}", "x"], "MASK: the mask is empty"),
+        (["inpaint", "{src}", "{full}", "x"], "MASK: the mask covers the whole image"),
+        (["inpaint", "{opaque}", "alpha", "x"], "MASK: the mask is empty"),
+        (["inpaint", "{src}", "{mask32}", "x", "-n", "0"], "--num-images must be >= 1"),
+        (["inpaint", "{src}", "{mask32}", "x", "--steps", "0"], "--steps must be >= 1"),
+        (["edit", "{src}", "x", "--mask", "{empty}"], "--mask: the mask is empty"),
+        (["edit", "{text}", "x"], "IMAGE: cannot read .* as an image"),
+        (["upsample", "{text}", "x"], "IMAGE: cannot read .* as an image"),
+        (["upsample", "nope.png", "x"], "IMAGE: 'nope.png' is not a file"),
+        (["upsample", "{src}", "x", "--steps", "0"], "--steps must be >= 1"),
+        (["upsample", "{src}", "x", "--sampler", "nope"], "--sampler: unknown sampler"),
         (["generate", "x", "--device", "tpu9"], "--device: "),
         (["generate", "x", "--dtype", "int4"], "--dtype: unknown dtype"),
         (["edit", "{src}", "x", "--strength", "0"], "--strength must be in"),
@@ -219,12 +272,32 @@ def files(tmp_path):
         (["upsample", "{src}", "x", "--temperature", "nan"], "--temperature must be finite"),
     ],
 )
-def test_bad_input_exits_2_naming_the_argument(run, files, capsys, argv, named):
+def test_bad_input_exits_2_naming_the_argument(run, files, tmp_path, argv, named):
     argv = [a.format(**files) for a in argv]
     code, out, err = run(*argv)
     assert code == 2
-    assert named in err or __import__("re").search(named, err), err
+    assert named in err or re.search(named, err), err
     assert "Traceback" not in err
+    out_dir = tmp_path / "out"
+    assert not out_dir.exists() or not list(out_dir.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("command", ["generate", "bulk", "inpaint", "upsample", "edit"])
+def test_unwritable_outdir_exits_2_before_sampling(run, files, tmp_path, command):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    argv = {
+        "generate": ["generate", "x"],
+        "bulk": ["generate", "--prompts-file", files["text"]],
+        "inpaint": ["inpaint", files["src"], files["mask32"], "x"],
+        "upsample": ["upsample", files["src"], "x"],
+        "edit": ["edit", files["src"], "x"],
+    }[command]
+    for outdir, message in ((blocker / "sub", "cannot create"), (blocker, "is not a folder")):
+        code, _, err = run(*argv, "--steps", "2", outdir=outdir)
+        assert code == 2 and f"--outdir: {str(outdir)!r}" in err.replace("cannot create ", "")
+        assert message in err and "Traceback" not in err
+    assert blocker.read_text() == "x"
 
 
 def test_bad_model_path_exits_2(run, files):
