@@ -69,6 +69,9 @@ def register(subparsers: Any) -> None:
         "--max-megapixels", type=_positive(float), default=16.8, help="upload pixels (16.8 M)"
     )
     p.add_argument("--title", default="GLIDE", help="page title")
+    p.add_argument(
+        "--lazy", action="store_true", help="load the models on first use, not at start-up"
+    )
     p.set_defaults(func=_serve)
 
 
@@ -116,6 +119,9 @@ def _serve(args: argparse.Namespace) -> int:
             ) from None
         try:
             jobs = Jobs(config)
+            if not args.lazy:
+                logger.info("loading the models (--lazy skips this)")
+                jobs.preload()
         except InputError as exc:
             raise UsageError(str(exc)) from None
         # SIGTERM ends the process like Ctrl-C does, so the work folder is removed.

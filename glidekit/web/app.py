@@ -106,13 +106,14 @@ def build_app(config: WebConfig, jobs: Jobs | None = None) -> Any:
         try:
             result = jobs.generate(
                 prompt, num_images, guidance_scale, steps, sampler, seed, random_seed, upsample,
-                progress=True,
+                progress=True, status=lambda text: progress(0, desc=text),
             )  # fmt: skip
         except InputError as exc:
             raise refuse(exc) from None
         return outputs(result)
 
-    def run_inpaint(image: Any, mask: Any, painted: list[Any], prompt: str, *rest: Any) -> tuple:
+    def run_inpaint(image: Any, mask: Any, painted: list[Any], prompt: str, *rest: Any,
+                    status: Any = None) -> tuple:  # fmt: skip
         try:
             picture = image_upload(image, "Image")
             layers = [image_upload(p, "Brush layer") for p in painted]
@@ -124,7 +125,7 @@ def build_app(config: WebConfig, jobs: Jobs | None = None) -> Any:
                     f"size {picture.size[0]}x{picture.size[1]}."
                 )
             combined = _union(brush, uploaded)
-            result = jobs.inpaint(picture, combined, prompt, *rest, progress=True)
+            result = jobs.inpaint(picture, combined, prompt, *rest, progress=True, status=status)
         except InputError as exc:
             raise refuse(exc) from None
         gallery, seed, files = outputs(result)
@@ -151,7 +152,8 @@ def build_app(config: WebConfig, jobs: Jobs | None = None) -> Any:
             raise gr.Error("Image: please upload a picture first.", title="Request refused")
         painted = [p for p in (editor.get("layers") or []) if p]
         return run_inpaint(background, mask, painted, prompt, num_images, guidance_scale, steps,
-                           sampler, seed, random_seed, upsample)  # fmt: skip
+                           sampler, seed, random_seed, upsample,
+                           status=lambda text: progress(0, desc=text))  # fmt: skip
 
     def inpaint_api(
         image: str | None,
@@ -173,7 +175,8 @@ def build_app(config: WebConfig, jobs: Jobs | None = None) -> Any:
         if not mask:
             raise gr.Error("Mask: please upload a mask (white = replace).", title="Request refused")
         return run_inpaint(image, mask, [], prompt, num_images, guidance_scale, steps, sampler,
-                           seed, random_seed, upsample)  # fmt: skip
+                           seed, random_seed, upsample,
+                           status=lambda text: progress(0, desc=text))  # fmt: skip
 
     def controls(guidance: float) -> list[Any]:
         with gr.Row():

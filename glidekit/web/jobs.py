@@ -18,7 +18,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -367,7 +367,30 @@ class Jobs:
         )
         return "\n".join(lines)
 
+    def preload(self) -> None:
+        """Load every configured model now (fail fast, and no wait on the first request)."""
+        with self._lock:
+            for pipe in (self.text2image, self.inpainter):
+                _ = pipe.base
+                _ = pipe.upsampler
+
     # ------------------------------------------------------------------ jobs
+    def _sample(self, pipe: Any, status: Callable[[str], None] | None, *args: Any,
+                **kwargs: Any) -> Any:  # fmt: skip
+        """Run ``pipe`` holding the device, telling ``status`` what it waits for."""
+        say = status or (lambda _message: None)
+        if self._lock.locked():
+            say("Waiting for the previous job to finish")
+        with self._lock:
+            slots = [pipe.base_slot, pipe.upsampler_slot]
+            if not all(slot.loaded for slot in slots if slot is not None):
+                say("Loading the models")
+            say("Sampling")
+            try:
+                return pipe(*args, **kwargs)
+            except (ValueError, TypeError) as exc:
+                raise InputError(str(exc)) from None
+
     def _request_dir(self) -> Path:
         self._prune()
         folder = (
@@ -421,24 +444,27 @@ class Jobs:
         random_seed: bool = True,
         upsample: bool = True,
         progress: bool = False,
+        status: Callable[[str], None] | None = None,
     ) -> JobResult:
-        """Text to image; returns the PNG paths. Raises :class:`InputError` for bad input."""
+        """Text to image; returns the PNG paths. Raises :class:`InputError` for bad input.
+
+        ``progress``: the pipelines' progress bars (tqdm); ``status``: called with what the job
+        is doing ("Waiting for the previous job to finish", "Loading the models", "Sampling").
+        """
         args = self._common(prompt, num_images, guidance_scale, steps, sampler, seed, random_seed)
-        with self._lock:
-            try:
-                result = self.text2image(
-                    args["prompt"],
-                    num_images=args["num_images"],
-                    guidance_scale=args["guidance_scale"],
-                    seed=args["seed"],
-                    steps=args["steps"],
-                    sampler=args["sampler"],
-                    upsample=bool(upsample),
-                    upsample_steps=self.upsample_steps,
-                    progress=progress,
-                )
-            except (ValueError, TypeError) as exc:
-                raise InputError(str(exc)) from None
+        result = self._sample(
+            self.text2image,
+            status,
+            args["prompt"],
+            num_images=args["num_images"],
+            guidance_scale=args["guidance_scale"],
+            seed=args["seed"],
+            steps=args["steps"],
+            sampler=args["sampler"],
+            upsample=bool(upsample),
+            upsample_steps=self.upsample_steps,
+            progress=progress,
+        )
         folder = self._request_dir()
         paths = self._save(result, folder, "glide")
         logger.info("generate: %d image(s), seed %d -> %s", len(paths), args["seed"], folder.name)
@@ -457,6 +483,7 @@ class Jobs:
         random_seed: bool = True,
         upsample: bool = True,
         progress: bool = False,
+        status: Callable[[str], None] | None = None,
     ) -> JobResult:
         """Replace the white region of ``mask`` in ``image`` (both decoded and checked)."""
         from glidekit.pipelines.images import keep_tensors, load_replace_mask, load_source, resize
@@ -476,23 +503,21 @@ class Jobs:
         if not np.asarray(replace).any():
             raise InputError("Mask is empty: paint (or upload in white) the region to replace.")
         rgb = image.convert("RGB")
-        with self._lock:
-            try:
-                result = self.inpainter(
-                    args["prompt"],
-                    rgb,
-                    replace,
-                    num_images=args["num_images"],
-                    guidance_scale=args["guidance_scale"],
-                    seed=args["seed"],
-                    steps=args["steps"],
-                    sampler=args["sampler"],
-                    upsample=bool(upsample),
-                    upsample_steps=self.upsample_steps,
-                    progress=progress,
-                )
-            except (ValueError, TypeError) as exc:
-                raise InputError(str(exc)) from None
+        result = self._sample(
+            self.inpainter,
+            status,
+            args["prompt"],
+            rgb,
+            replace,
+            num_images=args["num_images"],
+            guidance_scale=args["guidance_scale"],
+            seed=args["seed"],
+            steps=args["steps"],
+            sampler=args["sampler"],
+            upsample=bool(upsample),
+            upsample_steps=self.upsample_steps,
+            progress=progress,
+        )
         folder = self._request_dir()
         paths = self._save(result, folder, "inpaint")
         size = result.images[0].width
