@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from test_pipelines_models import (
     BASE_SIZE,
@@ -306,3 +307,65 @@ def test_bad_model_path_exits_2(run, files):
     assert code == 2 and "--base: 'no/such.safetensors' is neither" in err
     code, _, err = run("generate", "x", "--base", files["plain"], "--no-upsample", models=None)
     assert code == 2 and "--base" in err
+
+
+def _tiny_clip():
+    from glidekit.clip import CLIPConfig, create_clip_model
+
+    torch.manual_seed(0)
+    config = CLIPConfig(image_size=BASE_SIZE, patch_size=4, n_vocab=49408, n_embd=32,
+                        n_head_state_text=16, n_head_text=2, n_xf_blocks_text=1,
+                        n_head_state_image=16, n_head_image=2, n_xf_blocks_image=1)  # fmt: skip
+    clip = create_clip_model(config)
+    with torch.no_grad():
+        for p in clip.parameters():
+            if not p.any():
+                torch.nn.init.normal_(p, std=0.1)
+    return clip
+
+
+def test_clip_files_on_the_command_line(run, bundles, tmp_path):  # noqa: F811
+    from safetensors.torch import save_file
+
+    from glidekit.pipelines import ClipGuidedPipeline
+    from glidekit.train import save_clip
+
+    clip = _tiny_clip()
+    meta = {"glidekit.clip_config": json.dumps(clip.config.to_dict())}
+    towers = {}
+    for attr in ("image_encoder", "text_encoder"):
+        towers[attr] = tmp_path / f"{attr}.safetensors"
+        state = {k: v.contiguous() for k, v in getattr(clip, attr).state_dict().items()}
+        save_file(state, str(towers[attr]), metadata=meta)
+    args = ("generate", "a red circle", "--seed", "4", "--steps", "3", "-g", "2", "--no-upsample",
+            "--json")  # fmt: skip
+    code, out, err = run(*args, "--clip-image-enc", str(towers["image_encoder"]),
+                         "--clip-text-enc", str(towers["text_encoder"]))  # fmt: skip
+    assert code == 0, err
+    path = json.loads(out)["images"][0]["path"]
+    params = read_png_params(path)
+    assert params["pipeline"] == "clip-guided" and params["guidance"] == "clip"
+    assert params["clip"] == f"{towers['image_encoder']},{towers['text_encoder']}"
+    # The same picture as the Python pipeline with the CLIP object itself.
+    pipe = ClipGuidedPipeline(bundles["base"], None, clip=clip, device="cpu")
+    expected = pipe("a red circle", seed=4, steps=3, guidance_scale=2.0, upsample=False)
+    assert np.array_equal(px(path), np.asarray(expected.images[0]).astype(np.int16))
+    # Not the same as classifier-free guidance.
+    code, out, _ = run(*args, outdir=tmp_path / "cfg")
+    assert not np.array_equal(px(json.loads(out)["images"][0]["path"]), px(path))
+    # One glidekit CLIP file (both towers, as `glidekit train` exports it) for both flags.
+    both = save_clip(tmp_path / "clip.safetensors", clip, tokenizer=None)
+    code, out, err = run(*args, "--clip-image-enc", str(both), "--clip-text-enc", str(both),
+                         outdir=tmp_path / "both")  # fmt: skip
+    assert code == 0, err
+    assert np.array_equal(px(json.loads(out)["images"][0]["path"]), px(path))
+    # --from repeats it with the same CLIP files.
+    code, out, err = run("generate", "--from", path, "--json", models=None,
+                         outdir=tmp_path / "again")  # fmt: skip
+    assert code == 0, err
+    assert np.array_equal(px(json.loads(out)["images"][0]["path"]), px(path))
+    # A tower file of another architecture: exit 2 naming the flag.
+    code, _, err = run(*args, "--clip-image-enc", str(towers["text_encoder"]),
+                       outdir=tmp_path / "bad")  # fmt: skip
+    assert code == 2 and "--clip-image-enc: " in err, err
+    assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").iterdir())

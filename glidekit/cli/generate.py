@@ -336,6 +336,9 @@ def _from_png(args: argparse.Namespace, kw: dict[str, Any]) -> tuple[list[str], 
         )
     if pipeline == "clip-guided":
         args.clip = True
+        towers = str(params.get("clip") or "").split(",")
+        if len(towers) == 2 and not (args.clip_image_enc or args.clip_text_enc):
+            args.clip_image_enc, args.clip_text_enc = towers
     rows = params.get("prompts") or []
     num = int(params.get("num_images") or 1)
     same_batch = not args.prompts and "num_images" not in kw and "seed" not in kw
