@@ -228,6 +228,7 @@ def build_app(config: WebConfig, jobs: Jobs | None = None) -> Any:
                     [g_prompt, *g_controls],
                     [g_gallery, g_seed, g_files],
                     api_name="generate",
+                    show_progress_on=g_gallery,
                     concurrency_id=DEVICE_GROUP,
                     concurrency_limit=1,
                 )
@@ -278,6 +279,7 @@ def build_app(config: WebConfig, jobs: Jobs | None = None) -> Any:
                     [i_editor, i_mask, i_prompt, *i_controls],
                     i_outputs,
                     api_visibility="private",
+                    show_progress_on=i_gallery,
                     concurrency_id=DEVICE_GROUP,
                     concurrency_limit=1,
                 )
@@ -293,6 +295,7 @@ def build_app(config: WebConfig, jobs: Jobs | None = None) -> Any:
                     [a_image, a_mask, i_prompt, *i_controls],
                     i_outputs,
                     api_name="inpaint",
+                    show_progress_on=i_gallery,
                     concurrency_id=DEVICE_GROUP,
                     concurrency_limit=1,
                 )

@@ -354,7 +354,7 @@ class Jobs:
 
     def describe(self) -> str:
         """The models and limits, as Markdown for the page."""
-        lines = ["**Models** (loaded on first use):"]
+        lines = ["**Models**:"]
         for role, (label, kind) in self.models().items():
             shown = Path(label).name if label and kind != "released GLIDE weights" else label
             lines.append(f"- {role}: `{shown}` ({kind})" if label else f"- {role}: none")
