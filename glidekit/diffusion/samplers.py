@@ -192,6 +192,10 @@ def dpmpp_2m_progressive(
             )  # fmt: skip
         if cond_fn is not None:
             out = condition_score(diffusion, cond_fn, out, x, t, model_kwargs)
+            # The guided x_0 goes through the same processing as the model's own (unlike the
+            # official DDIM score form), so inpainting's known region survives CLIP guidance.
+            if denoised_fn is not None:
+                out.pred_xstart = denoised_fn(out.pred_xstart)
             if clip_denoised:
                 out.pred_xstart = out.pred_xstart.clamp(-1, 1)
         x0 = out.pred_xstart
