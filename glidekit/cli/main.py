@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "glidekit.cli.generate",
     "glidekit.cli.info",
     "glidekit.cli.serve",
+    "glidekit.cli.bench",
 )
 
 

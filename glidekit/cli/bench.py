@@ -1,0 +1,63 @@
+"""``glidekit bench``: forward cost of the released architectures on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="measure forward cost per model and dtype on this machine",
+        description="Time one forward of the full-size base (batch 2, 64 px) and upsampler "
+        "(batch 1, 256 px) with random weights, per dtype; with the calibrate.py yardstick "
+        "beside a checkout (or $GLIDEKIT_CALIBRATE), also as a ratio to it.",
+    )
+    p.add_argument("--models", nargs="+", default=["base", "upsample"],
+                   choices=["base", "upsample", "base-inpaint", "upsample-inpaint"])  # fmt: skip
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
+    p.add_argument("--rounds", type=int, default=3, help="timed forwards per case (median)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+    p.add_argument("--json", action="store_true", help="print machine-readable results")
+    p.set_defaults(func=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from glidekit.bench import as_dict, find_calibrate, forward_cost
+
+    if args.rounds < 1:
+        raise ValueError("--rounds must be at least 1")
+    calibrate = find_calibrate() if args.device == "cpu" else None
+    rows = []
+    for name in args.models:
+        for dtype in args.dtypes:
+            if dtype == "fp16" and args.device == "cpu":
+                raise ValueError("--dtypes fp16 is not supported on the CPU; use bf16")
+            rows.append(
+                as_dict(
+                    forward_cost(
+                        name,
+                        getattr(torch, DTYPES[dtype]),
+                        rounds=args.rounds,
+                        device=args.device,
+                        calibrate=calibrate,
+                    )
+                )
+            )
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'model':<18}{'dtype':<10}{'batch':>6}{'px':>6}{'seconds':>10}{'ratio':>8}")
+    for r in rows:
+        ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
+        print(
+            f"{r['model']:<18}{r['dtype']:<10}{r['batch']:>6}{r['size']:>6}"
+            f"{r['seconds']:>10.3f}{ratio:>8}"
+        )
+    return 0

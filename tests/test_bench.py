@@ -1,0 +1,52 @@
+"""glidekit bench: the command runs and reports the yardstick ratio (no timing assertions)."""
+
+import json
+
+import pytest
+
+import glidekit.bench as bench
+from glidekit.cli.main import main
+from glidekit.nn import Text2ImConfig
+
+TINY = Text2ImConfig(
+    image_size=16,
+    num_channels=32,
+    num_res_blocks=1,
+    channel_mult=(1, 2),
+    attention_resolutions=(8,),
+    num_head_channels=16,
+    text_ctx=8,
+    xf_width=32,
+    xf_layers=1,
+    xf_heads=2,
+)
+
+
+@pytest.fixture
+def tiny_configs(monkeypatch):
+    monkeypatch.setitem(bench.RELEASED_CONFIGS, "base", TINY)
+    monkeypatch.setitem(bench.DEFAULT_CASES, "base", (2, 16))
+
+
+def test_bench_json_with_calibrate_ratio(tiny_configs, capsys):
+    assert bench.find_calibrate() is not None  # the checkout has ../shared/bench/calibrate.py
+    assert (
+        main(["bench", "--models", "base", "--dtypes", "fp32", "bf16", "--rounds", "1", "--json"])
+        == 0
+    )
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["dtype"] for r in rows] == ["float32", "bfloat16"]
+    for r in rows:
+        assert r["batch"] == 2 and r["size"] == 16
+        assert r["seconds"] > 0 and r["ratio"] == pytest.approx(
+            r["seconds"] / r["calibrate_seconds"], rel=1
+        )
+        assert r["peak_rss_mb"] > 0
+
+
+def test_bench_table_and_bad_input(tiny_configs, capsys):
+    assert main(["bench", "--models", "base", "--dtypes", "fp32", "--rounds", "1"]) == 0
+    assert "base" in capsys.readouterr().out
+    assert main(["bench", "--rounds", "0"]) == 2
+    assert "--rounds" in capsys.readouterr().err
+    assert main(["bench", "--dtypes", "fp16"]) == 2
