@@ -29,9 +29,7 @@ from glidekit.pipelines import (
     UpsamplePipeline,
     available_samplers,
     read_png_params,
-    register_sampler,
 )
-from glidekit.pipelines.common import _SAMPLERS
 from glidekit.pipelines.images import (
     keep_tensors,
     load_replace_mask,
@@ -123,7 +121,7 @@ def test_upsample_off_and_guidance_changes_output(t2i):
     assert not np.array_equal(px(a.images[0]), px(b.images[0]))
 
 
-def test_samplers_by_name_and_registry(t2i):
+def test_samplers_by_name(t2i):
     assert {"ancestral", "ddim", "dpm++2m"} <= set(available_samplers())
     ddim = t2i("x", seed=2, steps="ddim4", sampler="ddim", upsample=False)
     ddim_eta = t2i(
@@ -135,21 +133,22 @@ def test_samplers_by_name_and_registry(t2i):
     with pytest.raises(ValueError, match="sampler_options"):
         t2i("x", sampler="ancestral", sampler_options={"eta": 1.0}, upsample=False, steps=2)
 
-    calls = []
 
-    def my_loop(diffusion, model_fn, x, indices, **kwargs):
-        calls.append(list(indices))
-        yield from _SAMPLERS["ddim"](diffusion, model_fn, x, indices, **kwargs)
+def test_callback_reports_every_step_and_cancels(t2i):
+    seen = []
+    t2i("x", seed=3, steps=4, upsample=True, upsample_steps=3,
+        callback=lambda stage, k, n: seen.append((stage, k, n)))  # fmt: skip
+    assert seen == [("base", k, 4) for k in range(1, 5)] + [("upsampler", k, 3) for k in (1, 2, 3)]
 
-    register_sampler("test-loop", my_loop)
-    try:
-        with pytest.raises(ValueError, match="already registered"):
-            register_sampler("test-loop", my_loop)
-        out = t2i("x", seed=2, steps="ddim4", sampler="test-loop", upsample=False)
-        assert calls == [[3, 2, 1, 0]]
-        assert np.array_equal(px(out.images[0]), px(ddim.images[0]))
-    finally:
-        _SAMPLERS.pop("test-loop")
+    class Cancelled(Exception):
+        pass
+
+    def cancel_at_two(stage, k, n):
+        if k == 2:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        t2i("x", seed=3, steps=4, upsample=False, callback=cancel_at_two)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,8 @@
 
 Each has ``from_pretrained(...)`` (released names, glidekit model files, or nothing for the
 package defaults) and returns a :class:`PipelineResult` with ``.images`` and ``.params``.
-Samplers are looked up by name in a registry (:func:`register_sampler` adds one).
+Samplers are chosen by name (:func:`available_samplers`: ancestral, ddim, dpm++2m); every
+pipeline call takes ``callback(stage, step, total)`` for live progress and cancel.
 """
 
 from glidekit.pipelines.clip_guided import ClipGuidedPipeline
@@ -19,12 +20,11 @@ from glidekit.pipelines.common import (
     available_samplers,
     get_sampler,
     make_grid,
-    register_sampler,
     resolve_device,
     resolve_dtype,
 )
 from glidekit.pipelines.edit import EditPipeline
-from glidekit.pipelines.engine import GlidePipeline
+from glidekit.pipelines.engine import GlidePipeline, StepCallback
 from glidekit.pipelines.images import read_png_params, save_png
 from glidekit.pipelines.inpaint import InpaintPipeline
 from glidekit.pipelines.text2image import Text2ImagePipeline
@@ -38,13 +38,13 @@ __all__ = [
     "LoadedModel",
     "ModelSlot",
     "PipelineResult",
+    "StepCallback",
     "Text2ImagePipeline",
     "UpsamplePipeline",
     "available_samplers",
     "get_sampler",
     "make_grid",
     "read_png_params",
-    "register_sampler",
     "resolve_device",
     "resolve_dtype",
     "save_png",

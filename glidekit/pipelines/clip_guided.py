@@ -24,7 +24,13 @@ from glidekit.pipelines.common import (
     get_sampler,
     respacing_spelling,
 )
-from glidekit.pipelines.engine import _DEFAULT, GlidePipeline, Stage, upsample_stage_args
+from glidekit.pipelines.engine import (
+    _DEFAULT,
+    GlidePipeline,
+    Stage,
+    StepCallback,
+    upsample_stage_args,
+)
 from glidekit.pipelines.text2image import Text2ImagePipeline, expand_prompts
 
 #: The released CLIP towers, as (image encoder, text encoder) sources.
@@ -194,6 +200,7 @@ class ClipGuidedPipeline(GlidePipeline):
         upsample_temp: float = 0.997,
         upsample_sampler_options: dict[str, Any] | None = None,
         progress: bool = False,
+        callback: StepCallback | None = None,
     ) -> PipelineResult:
         """Like :class:`Text2ImagePipeline`, with ``guidance_scale`` scaling the CLIP gradient."""
         prompts = check_prompts(prompt)
@@ -224,6 +231,7 @@ class ClipGuidedPipeline(GlidePipeline):
             base_stage=base_stage,
             up_stage=up_stage,
             progress=progress,
+            callback=callback,
             num_images=num_images,
             guidance="clip",
             guidance_scale=guidance_scale,

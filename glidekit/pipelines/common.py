@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import secrets
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from glidekit.diffusion.gaussian import GaussianDiffusion
-from glidekit.diffusion.samplers import StepOutput, ddim_sample, p_sample, validate_eta
+from glidekit.diffusion.samplers import SAMPLERS, validate_eta
 from glidekit.nn.config import DiffusionConfig
 from glidekit.nn.unet import GlideUNet
 from glidekit.tokenizer import GPT2Tokenizer, Tokenizer
@@ -168,110 +168,36 @@ def respacing_spelling(steps: int | str, name: str = "steps") -> str:
 
 # --------------------------------------------------------------------------- samplers
 
-#: A sampling loop: ``loop(diffusion, model_fn, x, indices, *, generator, clip_denoised,
-#: denoised_fn, cond_fn, model_kwargs, progress, **options) -> Iterator[StepOutput]``.
-#: ``x`` is the starting x_t at step ``indices[0]``; ``indices`` descend to 0 (steps of the
-#: respaced ``diffusion``). The last yielded ``sample`` is the result. All random numbers must
-#: come from ``generator`` so seeds reproduce.
-SamplerLoop = Callable[..., Iterator[StepOutput]]
-
-_SAMPLERS: dict[str, SamplerLoop] = {}
-
-
-def register_sampler(name: str, loop: SamplerLoop | None = None, *, replace: bool = False):
-    """Make a sampling loop available to every pipeline (and ``--sampler``) under ``name``.
-
-    Usable as ``register_sampler("dpm++2m", loop)`` or as a decorator. See :data:`SamplerLoop`
-    for the calling convention. Re-registering a name needs ``replace=True``.
-    """
-    key = name.strip().lower()
-    if not key:
-        raise ValueError("register_sampler: empty name")
-
-    def add(fn: SamplerLoop) -> SamplerLoop:
-        if key in _SAMPLERS and not replace:
-            raise ValueError(f"sampler {key!r} is already registered; pass replace=True")
-        _SAMPLERS[key] = fn
-        return fn
-
-    return add(loop) if loop is not None else add
+#: Options each sampler understands (``sampler_options`` / ``--eta``).
+SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {"ancestral": (), "ddim": ("eta",), "dpm++2m": ()}
 
 
 def available_samplers() -> list[str]:
-    return sorted(_SAMPLERS)
+    """Sampler names every pipeline (and ``--sampler``) accepts."""
+    return list(SAMPLERS)
 
 
-def get_sampler(name: str, arg: str = "sampler") -> SamplerLoop:
-    if not isinstance(name, str) or name.strip().lower() not in _SAMPLERS:
+def get_sampler(name: str, arg: str = "sampler") -> str:
+    """The canonical sampler name for ``name``, or a ValueError naming ``arg``."""
+    key = name.strip().lower() if isinstance(name, str) else None
+    if key not in SAMPLERS:
         raise ValueError(
             f"{arg}: unknown sampler {name!r}; expected one of {', '.join(available_samplers())}"
         )
-    return _SAMPLERS[name.strip().lower()]
+    return key
 
 
-def _step_loop(step_fn: Callable[..., StepOutput], option_names: tuple[str, ...]) -> SamplerLoop:
-    def loop(
-        diffusion: GaussianDiffusion,
-        model_fn: Callable[..., torch.Tensor],
-        x: torch.Tensor,
-        indices: Sequence[int],
-        *,
-        generator: torch.Generator | None = None,
-        clip_denoised: bool = True,
-        denoised_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        cond_fn: Callable[..., torch.Tensor] | None = None,
-        model_kwargs: dict[str, Any] | None = None,
-        progress: bool = False,
-        **options: Any,
-    ) -> Iterator[StepOutput]:
-        unknown = sorted(set(options) - set(option_names))
-        if unknown:
-            raise ValueError(f"sampler_options: {unknown} not understood by this sampler")
-        if "eta" in options:
-            options["eta"] = validate_eta(options["eta"])
-        from tqdm.auto import tqdm
-
-        for i in tqdm(list(indices), disable=not progress, leave=False):
-            t = torch.full((x.shape[0],), int(i), device=x.device, dtype=torch.long)
-            with torch.no_grad():
-                out = step_fn(
-                    diffusion,
-                    model_fn,
-                    x,
-                    t,
-                    clip_denoised=clip_denoised,
-                    denoised_fn=denoised_fn,
-                    cond_fn=cond_fn,
-                    model_kwargs=model_kwargs,
-                    generator=generator,
-                    **options,
-                )
-            yield out
-            x = out.sample
-
-    return loop
-
-
-register_sampler("ancestral", _step_loop(p_sample, ()))
-register_sampler("ddim", _step_loop(ddim_sample, ("eta",)))
-
-
-def _register_diffusion_loops() -> None:
-    """Loops with the :data:`SamplerLoop` shape from :mod:`glidekit.diffusion.samplers`."""
-    from glidekit.diffusion import samplers
-
-    dpm = getattr(samplers, "dpmpp_2m_progressive", None)
-    if dpm is None:
-        return
-
-    def dpmpp_2m(diffusion, model_fn, x, indices, *, generator=None, **kwargs):
-        # Deterministic: draws no random numbers after the start noise.
-        return dpm(diffusion, model_fn, x, list(indices), **kwargs)
-
-    register_sampler("dpm++2m", dpmpp_2m)
-
-
-_register_diffusion_loops()
+def check_sampler_options(
+    sampler: str, options: dict[str, Any], arg: str = "sampler_options"
+) -> dict[str, Any]:
+    """Validate ``options`` for ``sampler`` (e.g. ``{"eta": 0.5}`` for DDIM)."""
+    unknown = sorted(set(options) - set(SAMPLER_OPTIONS[sampler]))
+    if unknown:
+        raise ValueError(f"{arg}: {unknown} not understood by the {sampler} sampler")
+    out = dict(options)
+    if "eta" in out:
+        out["eta"] = validate_eta(out["eta"])
+    return out
 
 
 # --------------------------------------------------------------------------- models

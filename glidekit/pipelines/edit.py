@@ -24,7 +24,7 @@ from glidekit.pipelines.common import (
     get_sampler,
     respacing_spelling,
 )
-from glidekit.pipelines.engine import GlidePipeline, Stage, upsample_stage_args
+from glidekit.pipelines.engine import GlidePipeline, Stage, StepCallback, upsample_stage_args
 from glidekit.pipelines.images import (
     check_fit,
     check_mask_coverage,
@@ -70,6 +70,7 @@ class EditPipeline(GlidePipeline):
         upsample_temp: float = 0.997,
         upsample_sampler_options: dict[str, Any] | None = None,
         progress: bool = False,
+        callback: StepCallback | None = None,
     ) -> PipelineResult:
         prompts = check_prompts(prompt)
         strength = check_strength(strength, "strength")
@@ -121,6 +122,7 @@ class EditPipeline(GlidePipeline):
             base_stage=base_stage,
             up_stage=up_stage,
             progress=progress,
+            callback=callback,
             num_images=num_images,
             strength=strength,
             guidance="classifier-free",

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
+from glidekit.diffusion.samplers import sample_progressive
 from glidekit.guidance import ClassifierFreeGuidance, known_region_replacer
 from glidekit.pipelines.common import (
     LoadedModel,
@@ -26,6 +28,7 @@ from glidekit.pipelines.common import (
     ModelSource,
     PipelineResult,
     check_number,
+    check_sampler_options,
     default_source,
     dtype_name,
     get_sampler,
@@ -38,6 +41,10 @@ from glidekit.pipelines.common import (
 from glidekit.tokenizer import tokenize_batch
 
 logger = logging.getLogger(__name__)
+
+#: Called after every sampler step as ``callback(stage, step, total)`` with stage "base" or
+#: "upsampler" and step counting from 1; an exception it raises stops the run (cancel).
+StepCallback = Callable[[str, int, int], None]
 
 _DEFAULT = object()  # "use the default model" in from_pretrained
 
@@ -174,13 +181,18 @@ class GlidePipeline:
         generator: torch.Generator,
         progress: bool,
         arg_prefix: str = "",
+        callback: StepCallback | None = None,
+        stage_name: str = "base",
     ) -> torch.Tensor:
-        """Sample one stage for ``prompts`` (B rows); returns (B, 3, S, S)."""
+        """Sample one stage for ``prompts`` (B rows); returns (B, 3, S, S) in [-1, 1]."""
         model = lm.model
         cfg = model.config
         size = cfg.image_size
         b = len(prompts)
-        loop = get_sampler(stage.sampler, f"{arg_prefix}sampler")
+        sampler = get_sampler(stage.sampler, f"{arg_prefix}sampler")
+        options = check_sampler_options(
+            sampler, stage.sampler_options, f"{arg_prefix}sampler_options"
+        )
         diffusion = lm.process(stage.steps, f"{arg_prefix}steps")
         n_steps = diffusion.num_timesteps
 
@@ -217,22 +229,29 @@ class GlidePipeline:
             start = start_index(stage.strength, n_steps)
             t = torch.full((n,), start, dtype=torch.long, device=self.device)
             x = diffusion.q_sample(source, t, noise=noise * stage.temperature)
-        final = None
-        for out in loop(
-            diffusion,
-            model_fn,
-            x,
-            range(start, -1, -1),
-            generator=generator,
-            clip_denoised=True,
-            denoised_fn=denoised_fn,
-            cond_fn=stage.cond_fn,
-            model_kwargs=model_kwargs,
-            progress=progress,
-            **stage.sampler_options,
+        total = start + 1
+        final = x
+        for k, out in enumerate(
+            sample_progressive(
+                diffusion,
+                model_fn,
+                shape,
+                sampler=sampler,
+                noise=x,
+                start_index=start,
+                generator=generator,
+                clip_denoised=True,
+                denoised_fn=denoised_fn,
+                cond_fn=stage.cond_fn,
+                model_kwargs=model_kwargs,
+                progress=progress,
+                **options,
+            ),
+            start=1,
         ):
             final = out.sample
-        assert final is not None
+            if callback is not None:
+                callback(stage_name, k, total)  # may raise to cancel the run
         result = final[:b].float()
         if keep is not None:  # the known region, exactly (the last step already nearly is)
             result = result * (1 - keep[:b]) + source[:b] * keep[:b]
@@ -246,6 +265,7 @@ class GlidePipeline:
         base_stage: Stage | None,
         up_stage: Stage | None,
         progress: bool = False,
+        callback: StepCallback | None = None,
         up_prefix: str = "upsample_",
         **params: Any,
     ) -> PipelineResult:
@@ -259,15 +279,18 @@ class GlidePipeline:
         generator = self._generator(seed)
         low = None
         if base is not None and base_stage is not None:
-            low = self._stage(base, prompts, base_stage, generator, progress)
+            low = self._stage(base, prompts, base_stage, generator, progress, callback=callback)
         final = low
-        if up_stage is not None:
-            assert up is not None
+        if up is not None and up_stage is not None:
             if up_stage.low_res is None:
-                assert low is not None
+                if low is None:
+                    raise ValueError("the upsampler stage needs a low-resolution input")
                 up_stage.low_res = quantize(low)
-            final = self._stage(up, prompts, up_stage, generator, progress, up_prefix)
-        assert final is not None
+            final = self._stage(
+                up, prompts, up_stage, generator, progress, up_prefix, callback, "upsampler"
+            )
+        if final is None:
+            raise ValueError("nothing to sample: no base stage and no upsampler stage")
         images = tensor_to_images(final)
         return PipelineResult(
             images=images,

@@ -22,7 +22,7 @@ from glidekit.pipelines.common import (
     get_sampler,
     respacing_spelling,
 )
-from glidekit.pipelines.engine import GlidePipeline, Stage, upsample_stage_args
+from glidekit.pipelines.engine import GlidePipeline, Stage, StepCallback, upsample_stage_args
 from glidekit.pipelines.images import (
     check_fit,
     check_mask_coverage,
@@ -79,6 +79,7 @@ class InpaintPipeline(GlidePipeline):
         upsample_temp: float = 0.997,
         upsample_sampler_options: dict[str, Any] | None = None,
         progress: bool = False,
+        callback: StepCallback | None = None,
     ) -> PipelineResult:
         prompts = check_prompts(prompt)
         num_images = check_count(num_images, "num_images")
@@ -116,6 +117,7 @@ class InpaintPipeline(GlidePipeline):
             base_stage=base_stage,
             up_stage=up_stage,
             progress=progress,
+            callback=callback,
             num_images=num_images,
             guidance="classifier-free",
             guidance_scale=guidance_scale,

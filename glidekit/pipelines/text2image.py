@@ -13,7 +13,7 @@ from glidekit.pipelines.common import (
     get_sampler,
     respacing_spelling,
 )
-from glidekit.pipelines.engine import GlidePipeline, Stage, upsample_stage_args
+from glidekit.pipelines.engine import GlidePipeline, Stage, StepCallback, upsample_stage_args
 
 
 def expand_prompts(prompts: list[str], num_images: int) -> list[str]:
@@ -50,14 +50,16 @@ class Text2ImagePipeline(GlidePipeline):
         upsample_temp: float = 0.997,
         upsample_sampler_options: dict[str, Any] | None = None,
         progress: bool = False,
+        callback: StepCallback | None = None,
     ) -> PipelineResult:
         """Generate ``num_images`` images per prompt (a list of prompts makes one batch).
 
         ``steps`` / ``upsample_steps``: a step count or a respacing spelling ("100", "ddim50",
-        "fast27", "10,10,3,2,2"). ``sampler``: a registered sampler name ("ancestral", "ddim",
-        ...); ``sampler_options`` go to it (e.g. ``{"eta": 0.5}`` for DDIM). ``seed``: None
-        picks one at random (it is in ``result.params``). ``upsample=False`` (or a pipeline
-        without an upsampler) returns the base model's images.
+        "fast27", "10,10,3,2,2", "karras25"). ``sampler``: "ancestral", "ddim" or "dpm++2m";
+        ``sampler_options`` go to it (e.g. ``{"eta": 0.5}`` for DDIM). ``seed``: None picks one
+        at random (it is in ``result.params``). ``upsample=False`` (or a pipeline without an
+        upsampler) returns the base model's images. ``progress`` shows tqdm bars;
+        ``callback(stage, step, total)`` is called after every step (raise in it to cancel).
         """
         prompts = check_prompts(prompt)
         num_images = check_count(num_images, "num_images")
@@ -78,6 +80,7 @@ class Text2ImagePipeline(GlidePipeline):
             base_stage=base_stage,
             up_stage=up_stage,
             progress=progress,
+            callback=callback,
             num_images=num_images,
             guidance="classifier-free",
             guidance_scale=guidance_scale,

@@ -11,7 +11,7 @@ from glidekit.pipelines.common import (
     check_prompts,
     check_seed,
 )
-from glidekit.pipelines.engine import GlidePipeline, upsample_stage_args
+from glidekit.pipelines.engine import GlidePipeline, StepCallback, upsample_stage_args
 from glidekit.pipelines.images import check_fit, image_tensors, load_source
 from glidekit.pipelines.inpaint import input_label
 from glidekit.pipelines.text2image import Text2ImagePipeline, expand_prompts
@@ -50,6 +50,7 @@ class UpsamplePipeline(GlidePipeline):
         low_res_size: int | None = None,
         fit: str = "crop",
         progress: bool = False,
+        callback: StepCallback | None = None,
     ) -> PipelineResult:
         prompts = check_prompts(prompt)
         num_images = check_count(num_images, "num_images")
@@ -74,6 +75,7 @@ class UpsamplePipeline(GlidePipeline):
             up_stage=stage,
             up_prefix="",
             progress=progress,
+            callback=callback,
             num_images=num_images,
             steps=up["upsample_steps"],
             sampler=up["upsample_sampler"],
