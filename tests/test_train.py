@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import logging
 import tarfile
 from contextlib import redirect_stderr
 from pathlib import Path
@@ -355,3 +356,55 @@ def test_folder_data_trains(tmp_path: Path) -> None:
     )
     result = train(load_config(cfg))
     assert result.step == 3 and result.export.is_file()
+
+
+# ------------------------------------------------------------------------------------ bad data
+def test_folder_with_corrupt_and_uncaptioned_images_trains(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Corrupt JPEGs are skipped (and counted), an image without caption trains on "" and the
+    run goes on to the end."""
+    import random
+
+    from glidekit.data.shapes import generate
+
+    root = tmp_path / "images"
+    root.mkdir()
+    rng = random.Random(2)
+    for i in range(5):
+        img, scene = generate(rng, 24)
+        img.save(root / f"{i}.png")
+        if i != 3:  # 3.png has no caption
+            (root / f"{i}.txt").write_text(f"a {scene.color} {scene.shape}")
+    buf = io.BytesIO()
+    generate(rng, 24)[0].save(buf, format="JPEG")
+    (root / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (root / "truncated.txt").write_text("a cut-off picture")
+    (root / "garbage.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg at all" * 4)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps(tiny_config(tmp_path / "run", train={"steps": 3})))
+    caplog.set_level(logging.INFO)
+    with pytest.warns(RuntimeWarning, match="skipping unreadable image"):
+        code = main(
+            ["train", str(cfg), "data.kind=folder", f"data.root={root}", "data.tokenizer=shapes"]
+        )
+    assert code == 0
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3
+    assert (tmp_path / "run" / "export.safetensors").is_file()
+    log = caplog.text
+    assert "5 images under" in log and "(2 unreadable skipped)" in log, log
+    assert "1 of 5 images" in log and "no .txt caption" in log, log
+
+
+@pytest.mark.parametrize("kind", ["folder", "shards"])
+def test_missing_data_exits_2_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture, kind: str
+) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps(tiny_config(tmp_path / "run")))
+    missing = tmp_path / "no-such-folder"
+    key = "data.root" if kind == "folder" else "data.shards"
+    assert main(["train", str(cfg), f"data.kind={kind}", f"{key}={missing}"]) == 2
+    err = capsys.readouterr().err
+    assert f"glidekit train: error: {key}:" in err and str(missing) in err, err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

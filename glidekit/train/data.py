@@ -66,17 +66,22 @@ def make_dataset(data: DataSection, image_size: int, *, rank: int, world_size: i
     """The dataset of ``data.kind`` at ``image_size`` (low-res/masks are made per batch)."""
     if data.kind == "shapes":
         return ShapesDataset(data.length, image_size, seed=data.seed)
-    if data.kind == "folder":
-        return ImageFolderDataset(data.root, image_size, random_crop=data.random_crop)  # type: ignore[arg-type]
-    return TarShardDataset(
-        data.shards,  # type: ignore[arg-type]
-        image_size,
-        shuffle_buffer=data.shuffle_buffer,
-        seed=data.seed,
-        rank=rank,
-        world_size=world_size,
-        random_crop=data.random_crop,
-    )
+    key = "data.root" if data.kind == "folder" else "data.shards"
+    try:
+        if data.kind == "folder":
+            return ImageFolderDataset(data.root, image_size, random_crop=data.random_crop)  # type: ignore[arg-type]
+        return TarShardDataset(
+            data.shards,  # type: ignore[arg-type]
+            image_size,
+            shuffle_buffer=data.shuffle_buffer,
+            seed=data.seed,
+            rank=rank,
+            world_size=world_size,
+            random_crop=data.random_crop,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        # Name the config key to fix (the CLI prints this and exits 2).
+        raise ValueError(f"{key}: {exc}") from exc
 
 
 def _identity(x: Any) -> Any:
@@ -159,6 +164,14 @@ class MapStream:
     def state_dict(self) -> dict[str, int]:
         return {"kind": 0, "epoch": self.epoch, "index": self.index}
 
+    def close(self) -> None:
+        """Drop the DataLoader iterator now (its worker processes, if any, are shut down)."""
+        it, self._it = self._it, None
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        del it
+
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
         self._it = None
@@ -230,6 +243,14 @@ class IterableStream:
 
     def state_dict(self) -> dict[str, int]:
         return {"kind": 1, "epoch": self.epoch, "consumed": self.consumed}
+
+    def close(self) -> None:
+        """Drop the DataLoader iterator now (its worker processes, if any, are shut down)."""
+        it, self._it = self._it, None
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        del it
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])

@@ -6,10 +6,13 @@ with ``torch.load(weights_only=True)``, so loading one never runs pickled code.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
 import random
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,6 +155,13 @@ def init_distributed(info: DistInfo, device: torch.device) -> bool:
     if not dist.is_available():
         raise RuntimeError("torch.distributed is not available in this torch build")
     backend = "nccl" if device.type == "cuda" else "gloo"
+    # DistributedDataParallel imports torch._dynamo on first use; imported after the process
+    # group exists, it keeps references to the default group that are never released, so
+    # destroy_process_group() cannot free it and gloo's worker threads live on into interpreter
+    # shutdown, where they crash the process now and then ("terminate called without an active
+    # exception", SIGABRT). Imported first, it holds none and shutdown joins those threads.
+    with contextlib.suppress(ImportError):
+        import torch._dynamo  # noqa: F401
     dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
     logger.debug("process group %s: rank %d of %d", backend, info.rank, info.world_size)
     return True
@@ -191,6 +201,43 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def _native_thread_names() -> list[str]:
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:  # not Linux
+        return []
+    names = []
+    for tid in tasks:
+        with contextlib.suppress(OSError):
+            names.append(Path(f"/proc/self/task/{tid}/comm").read_text().strip())
+    return names
+
+
+def shutdown_distributed() -> None:
+    """Tear down the default process group cleanly (idempotent; every rank must call it).
+
+    All ranks first meet at a barrier so that no collective is still in flight, then the group
+    is destroyed and garbage collected while the interpreter is fully alive, so the backend's
+    worker threads are joined here rather than racing interpreter shutdown. Callers should
+    drop their DistributedDataParallel wrappers first.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        dist.barrier()
+    finally:
+        gc.collect()
+        dist.destroy_process_group()
+        gc.collect()
+    left = [n for n in _native_thread_names() if n.startswith(("pt_gloo", "gloo_"))]
+    if left:
+        logger.debug(
+            "gloo threads still alive after destroy_process_group: %s (python threads: %s)",
+            left,
+            [t.name for t in threading.enumerate()],
+        )
+
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "DistInfo",
@@ -204,4 +251,5 @@ __all__ = [
     "mean_over_ranks",
     "restore_rng",
     "seed_everything",
+    "shutdown_distributed",
 ]

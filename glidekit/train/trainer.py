@@ -423,16 +423,34 @@ class Trainer:
             mask_kind=self.config.data.mask_kind,
             generator=self.gen_cpu,
         )
+        dev = self.device
+        b = images.shape[0]
+        t = torch.randint(0, self.diffusion.num_timesteps, (b,), generator=self.gen_dev, device=dev)
+        noise = torch.randn(images.shape, generator=self.gen_dev, device=dev)
+        return self.unet_loss(images, captions, t, noise, cond)
+
+    def unet_loss(
+        self,
+        images: torch.Tensor,
+        captions: list[str],
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        cond: dict[str, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The UNet's training loss (mean over the batch) for explicit inputs, through the
+        DDP wrapper when distributed: clean ``images`` (B, 3, S, S) in [-1, 1], ``captions``
+        (already dropped), timesteps ``t`` (B,), ``noise`` like ``images``, and the image
+        conditioning ``cond`` (see :func:`~glidekit.train.data.conditioning`)."""
+        cfg = self.unet_config
         tokens, mask = tokenize_batch(self.tokenizer, captions, cfg.text_ctx)
         dev = self.device
         kwargs: dict[str, Any] = {"tokens": tokens.to(dev), "mask": mask.to(dev)}
-        kwargs.update({k: v.to(dev) for k, v in cond.items()})
+        kwargs.update({k: v.to(dev) for k, v in (cond or {}).items()})
         x0 = images.to(dev)
-        b = x0.shape[0]
-        t = torch.randint(0, self.diffusion.num_timesteps, (b,), generator=self.gen_dev, device=dev)
-        noise = torch.randn(x0.shape, generator=self.gen_dev, device=dev)
         with self._autocast():
-            out = training_losses(self.diffusion, self.ddp, x0, t, model_kwargs=kwargs, noise=noise)
+            out = training_losses(
+                self.diffusion, self.ddp, x0, t.to(dev), model_kwargs=kwargs, noise=noise.to(dev)
+            )
         loss = out["loss"].mean()
         return loss, {
             "mse": float(out["mse"].detach().mean()),
@@ -619,13 +637,16 @@ class Trainer:
         total = cfg.steps
         world_batch = cfg.batch_size * cfg.grad_accum * self.dist.world_size
         flag = _StopFlag()
-        pbar = tqdm(
-            total=total,
-            initial=self.step,
-            disable=not (self.is_main and cfg.progress),
-            desc=f"train {self.config.model.kind}",
-            dynamic_ncols=True,
-        )
+        # Only rank 0 shows a bar. A disabled tqdm would still start tqdm's monitor thread,
+        # which then outlives the run: build none at all rather than a disabled one.
+        pbar = None
+        if self.is_main and cfg.progress:
+            pbar = tqdm(
+                total=total,
+                initial=self.step,
+                desc=f"train {self.config.model.kind}",
+                dynamic_ncols=True,
+            )
         window: dict[str, float] = {}
         n_window = 0
         t_last = time.perf_counter()
@@ -637,7 +658,8 @@ class Trainer:
         stopped = False
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-        with flag.installed():
+        bar_closing = contextlib.closing(pbar) if pbar is not None else contextlib.nullcontext()
+        with flag.installed(), bar_closing:  # closing the bar also ends tqdm's monitor thread
             while self.step < total:
                 if stop_at is not None and self.step >= stop_at:
                     stopped = True
@@ -659,8 +681,10 @@ class Trainer:
                     if self.is_main:
                         rec = {"step": self.step, **avg, "images_per_s": ips, "time": time.time()}
                         self.metrics.append(rec)
-                        pbar.set_postfix(loss=f"{avg['loss']:.4f}", img_s=f"{ips:.1f}")
-                pbar.update(1)
+                        if pbar is not None:
+                            pbar.set_postfix(loss=f"{avg['loss']:.4f}", img_s=f"{ips:.1f}")
+                if pbar is not None:
+                    pbar.update(1)
                 stop = st.any_rank(flag.requested, self.dist, self.device)
                 ckpt_now = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
                 if ckpt_now or stop:
@@ -678,7 +702,6 @@ class Trainer:
                 every = self.config.sample.every
                 if every > 0 and self.step % every == 0 and self.step < total:
                     self.sample_grid()
-        pbar.close()
         if saved_at != self.step:
             ckpt_path = self.save_checkpoint()
         self.plot()
@@ -691,15 +714,26 @@ class Trainer:
         st.barrier(self.dist)
         return FitResult(self.step, stopped, ckpt_path, export_path, last_loss)
 
-    def close(self) -> None:
-        """Tear down the process group if this trainer started it."""
-        if self._own_group:
+    def close(self, *, wait: bool = True) -> None:
+        """Release data loading and tear down the process group if this trainer started it.
+
+        Idempotent. Under torchrun every rank must call it: with ``wait`` (the normal end of a
+        run) the ranks first meet at a barrier so no collective is in flight. ``wait=False``
+        (after an exception, when other ranks may be stuck in a collective) skips the barrier.
+        """
+        self.stream.close()
+        if not self._own_group:
+            return
+        self._own_group = False
+        # DDP's reducer holds the process group: drop it so the group can really be freed.
+        self.ddp = self.model
+        if wait:
+            st.shutdown_distributed()
+        else:
             import torch.distributed as dist
 
-            # Every rank must be done communicating before gloo's connections are torn down.
-            st.barrier(self.dist)
-            dist.destroy_process_group()
-            self._own_group = False
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
 
 def train(
@@ -708,9 +742,12 @@ def train(
     """Build a :class:`Trainer`, run :meth:`~Trainer.fit`, and clean up."""
     trainer = Trainer(config, resume=resume)
     try:
-        return trainer.fit(stop_at=stop_at)
-    finally:
-        trainer.close()
+        result = trainer.fit(stop_at=stop_at)
+    except BaseException:
+        trainer.close(wait=False)
+        raise
+    trainer.close()
+    return result
 
 
 __all__ = ["FitResult", "Trainer", "train"]
