@@ -30,7 +30,7 @@ ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-WAIT_MS = 60_000
+WAIT_MS = 120_000
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_inpaint_tab_paint_a_stroke(page, server, tmp_path):
     page.locator("#inp-editor input[type=file]").set_input_files(str(picture))
     canvas = page.locator("#inp-editor canvas").first
     canvas.wait_for()
-    page.wait_for_timeout(1000)  # the editor draws the picture
+    page.wait_for_timeout(2500)  # the editor draws the picture
     box = canvas.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(cx - 30, cy)
@@ -109,6 +109,7 @@ def test_inpaint_tab_paint_a_stroke(page, server, tmp_path):
     for dx in range(-30, 31, 5):
         page.mouse.move(cx + dx, cy, steps=2)
     page.mouse.up()
+    page.wait_for_timeout(500)  # the editor commits the stroke layer
     page.locator("#inp-prompt textarea").fill("a dog")
     page.locator("#inp-run").click()
     page.locator("#inp-gallery img").first.wait_for()
@@ -144,6 +145,14 @@ def test_progress_and_cancel(page, server, tmp_path):
     page.locator("#gen-cancel").click()
     page.wait_for_timeout(500)
     assert page.locator("#gen-gallery img").count() == 0
+    # the sampling itself stopped mid-way (not just the page): the server logged where
+    for _ in range(100):
+        if "job cancelled at base step" in server.log.read_text():
+            break
+        page.wait_for_timeout(200)
+    line = next(x for x in server.log.read_text().splitlines() if "job cancelled at" in x)
+    step = int(line.rsplit("step ", 1)[1].split("/")[0])
+    assert 0 < step < 250, line
     # the next job runs (after the abandoned one has let go of the device)
     page.get_by_label("Steps").first.fill("4")
     page.locator("#gen-run").click()

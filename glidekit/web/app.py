@@ -11,21 +11,23 @@ guidance_scale, steps, sampler, seed, random_seed, upsample) and ``api_name="inp
 with the image and mask as uploaded files (``gradio_client.handle_file``).
 """
 
-from __future__ import annotations
-
 import functools
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from glidekit.web.jobs import (
+    CancelFlags,
     InputError,
+    JobCancelled,
     JobResult,
     Jobs,
     WebConfig,
     mask_from_layers,
     open_image,
+    step_callback,
     upload_path,
 )
 
@@ -90,6 +92,21 @@ def build_app(config: WebConfig, jobs: Jobs | None = None) -> Any:
         gallery = [(str(p), f"seed {result.seed} #{i}") for i, p in enumerate(result.paths)]
         return gallery, result.seed, [str(p) for p in result.paths]
 
+    cancels = CancelFlags()
+
+    def live(request: gr.Request | None, progress: Any) -> Callable[[str, int, int], None]:
+        """Per-step progress for the page, and the stop for this session's Cancel button."""
+        flag = cancels.start(request.session_hash) if request and request.session_hash else None
+
+        def report(stage: str, step: int, total: int) -> None:
+            progress((step, total), desc=f"{stage}", unit="steps")
+
+        return step_callback(flag, report)
+
+    def cancel(request: gr.Request) -> None:
+        if request and request.session_hash:
+            cancels.cancel(request.session_hash)
+
     def generate(
         prompt: str,
         num_images: float,
@@ -99,21 +116,24 @@ def build_app(config: WebConfig, jobs: Jobs | None = None) -> Any:
         seed: float | None,
         random_seed: bool,
         upsample: bool,
-        progress: Any = gr.Progress(track_tqdm=True),  # noqa: B008 (gradio's idiom)
+        request: gr.Request,
+        progress: Any = gr.Progress(),  # noqa: B008 (gradio's idiom)
     ) -> tuple[list[tuple[str, str]], int, list[str]]:
         """Text to image: a gallery of PNGs (with their parameters), the seed used, the files."""
         progress(0, desc="Starting")
         try:
             result = jobs.generate(
                 prompt, num_images, guidance_scale, steps, sampler, seed, random_seed, upsample,
-                progress=True, status=lambda text: progress(0, desc=text),
+                status=lambda text: progress(0, desc=text), callback=live(request, progress),
             )  # fmt: skip
         except InputError as exc:
             raise refuse(exc) from None
+        except JobCancelled:
+            return [], None, []
         return outputs(result)
 
     def run_inpaint(image: Any, mask: Any, painted: list[Any], prompt: str, *rest: Any,
-                    status: Any = None) -> tuple:  # fmt: skip
+                    status: Any = None, callback: Any = None) -> tuple:  # fmt: skip
         try:
             picture = image_upload(image, "Image")
             layers = [image_upload(p, "Brush layer") for p in painted]
@@ -125,9 +145,13 @@ def build_app(config: WebConfig, jobs: Jobs | None = None) -> Any:
                     f"size {picture.size[0]}x{picture.size[1]}."
                 )
             combined = _union(brush, uploaded)
-            result = jobs.inpaint(picture, combined, prompt, *rest, progress=True, status=status)
+            result = jobs.inpaint(
+                picture, combined, prompt, *rest, status=status, callback=callback
+            )
         except InputError as exc:
             raise refuse(exc) from None
+        except JobCancelled:
+            return None, None, [], None, []
         gallery, seed, files = outputs(result)
         return str(result.source), str(result.mask), gallery, seed, files
 
@@ -142,7 +166,8 @@ def build_app(config: WebConfig, jobs: Jobs | None = None) -> Any:
         seed: float | None,
         random_seed: bool,
         upsample: bool,
-        progress: Any = gr.Progress(track_tqdm=True),  # noqa: B008
+        request: gr.Request,
+        progress: Any = gr.Progress(),  # noqa: B008
     ) -> tuple:
         """Inpainting from the editor: its background, the painted layers and/or a mask."""
         progress(0, desc="Starting")
@@ -153,7 +178,8 @@ def build_app(config: WebConfig, jobs: Jobs | None = None) -> Any:
         painted = [p for p in (editor.get("layers") or []) if p]
         return run_inpaint(background, mask, painted, prompt, num_images, guidance_scale, steps,
                            sampler, seed, random_seed, upsample,
-                           status=lambda text: progress(0, desc=text))  # fmt: skip
+                           status=lambda text: progress(0, desc=text),
+                           callback=live(request, progress))  # fmt: skip
 
     def inpaint_api(
         image: str | None,
@@ -166,7 +192,8 @@ def build_app(config: WebConfig, jobs: Jobs | None = None) -> Any:
         seed: float | None,
         random_seed: bool,
         upsample: bool,
-        progress: Any = gr.Progress(track_tqdm=True),  # noqa: B008
+        request: gr.Request,
+        progress: Any = gr.Progress(),  # noqa: B008
     ) -> tuple:
         """Inpainting from files: the image and a mask (white = replace, same size)."""
         progress(0, desc="Starting")
@@ -176,7 +203,8 @@ def build_app(config: WebConfig, jobs: Jobs | None = None) -> Any:
             raise gr.Error("Mask: please upload a mask (white = replace).", title="Request refused")
         return run_inpaint(image, mask, [], prompt, num_images, guidance_scale, steps, sampler,
                            seed, random_seed, upsample,
-                           status=lambda text: progress(0, desc=text))  # fmt: skip
+                           status=lambda text: progress(0, desc=text),
+                           callback=live(request, progress))  # fmt: skip
 
     def controls(guidance: float) -> list[Any]:
         with gr.Row():
@@ -232,7 +260,7 @@ def build_app(config: WebConfig, jobs: Jobs | None = None) -> Any:
                     concurrency_id=DEVICE_GROUP,
                     concurrency_limit=1,
                 )
-                g_stop.click(None, cancels=[g_event], api_visibility="private")
+                g_stop.click(cancel, cancels=[g_event], api_visibility="private")
 
             with gr.Tab("Inpaint", id="inpaint"):
                 with gr.Row():
@@ -283,7 +311,7 @@ def build_app(config: WebConfig, jobs: Jobs | None = None) -> Any:
                     concurrency_id=DEVICE_GROUP,
                     concurrency_limit=1,
                 )
-                i_stop.click(None, cancels=[i_event], api_visibility="private")
+                i_stop.click(cancel, cancels=[i_event], api_visibility="private")
 
                 # The API endpoint: plain uploaded files instead of the editor's layers.
                 with gr.Row(visible=False):

@@ -36,6 +36,49 @@ class InputError(ValueError):
     """A request the app refuses; the message is shown to the user as is."""
 
 
+class JobCancelled(Exception):
+    """Raised inside a running job (from the pipeline's step callback) when its user cancelled."""
+
+
+class CancelFlags:
+    """One cancel flag per browser session, so Cancel stops that session's running job."""
+
+    def __init__(self) -> None:
+        self._flags: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def start(self, session: str) -> threading.Event:
+        """A cleared flag for a job about to start in ``session``."""
+        with self._lock:
+            flag = self._flags.setdefault(session, threading.Event())
+            flag.clear()
+            return flag
+
+    def cancel(self, session: str) -> None:
+        with self._lock:
+            if session in self._flags:
+                self._flags[session].set()
+
+    def finish(self, session: str) -> None:
+        with self._lock:
+            self._flags.pop(session, None)
+
+
+def step_callback(
+    flag: threading.Event | None, report: Callable[[str, int, int], None] | None = None
+) -> Callable[[str, int, int], None]:
+    """A pipeline callback that reports progress and stops the job once ``flag`` is set."""
+
+    def callback(stage: str, step: int, total: int) -> None:
+        if report is not None:
+            report(stage, step, total)
+        if flag is not None and flag.is_set():
+            logger.info("job cancelled at %s step %d/%d", stage, step, total)
+            raise JobCancelled
+
+    return callback
+
+
 @dataclass(frozen=True)
 class Limits:
     """Per-request limits (every request is checked against them)."""
@@ -445,11 +488,13 @@ class Jobs:
         upsample: bool = True,
         progress: bool = False,
         status: Callable[[str], None] | None = None,
+        callback: Callable[[str, int, int], None] | None = None,
     ) -> JobResult:
         """Text to image; returns the PNG paths. Raises :class:`InputError` for bad input.
 
         ``progress``: the pipelines' progress bars (tqdm); ``status``: called with what the job
-        is doing ("Waiting for the previous job to finish", "Loading the models", "Sampling").
+        is doing ("Waiting for the previous job to finish", "Loading the models", "Sampling");
+        ``callback(stage, step, total)`` after every sampler step (raising in it cancels).
         """
         args = self._common(prompt, num_images, guidance_scale, steps, sampler, seed, random_seed)
         result = self._sample(
@@ -464,6 +509,7 @@ class Jobs:
             upsample=bool(upsample),
             upsample_steps=self.upsample_steps,
             progress=progress,
+            callback=callback,
         )
         folder = self._request_dir()
         paths = self._save(result, folder, "glide")
@@ -484,6 +530,7 @@ class Jobs:
         upsample: bool = True,
         progress: bool = False,
         status: Callable[[str], None] | None = None,
+        callback: Callable[[str, int, int], None] | None = None,
     ) -> JobResult:
         """Replace the white region of ``mask`` in ``image`` (both decoded and checked)."""
         from glidekit.pipelines.images import keep_tensors, load_replace_mask, load_source, resize
@@ -517,6 +564,7 @@ class Jobs:
             upsample=bool(upsample),
             upsample_steps=self.upsample_steps,
             progress=progress,
+            callback=callback,
         )
         folder = self._request_dir()
         paths = self._save(result, folder, "inpaint")
