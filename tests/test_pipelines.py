@@ -487,3 +487,17 @@ def test_same_numbers_as_the_notebook_flow(t2i):
     assert torch.allclose(result.samples, up_samples.clamp(-1, 1), atol=1e-5)
     expected_low = ((samples.clamp(-1, 1) + 1) * 127.5).round()[0].permute(1, 2, 0).numpy()
     assert np.array_equal(px(result.low_res[0]), expected_low.astype(np.int16))
+
+
+def test_bf16_cpu_fast_path_stays_close_to_fp32():
+    m = tiny_models()
+    fp32 = Text2ImagePipeline(base=m["base"], upsampler=m["upsample"], device="cpu")
+    bf16 = Text2ImagePipeline(
+        base=tiny_models()["base"], upsampler=tiny_models()["upsample"], device="cpu", dtype="bf16"
+    )
+    kw = {"seed": 4, "steps": 4, "sampler": "dpm++2m", "upsample_steps": "ddim4"}
+    a, b = fp32("a red circle", **kw), bf16("a red circle", **kw)
+    assert b.params["dtype"] == "bf16" and a.params["dtype"] == "fp32"
+    assert bf16.base.model.input_blocks[0][0].weight.dtype == torch.bfloat16
+    diff = np.abs(px(a.images[0]).astype(int) - px(b.images[0]).astype(int))
+    assert 0 < diff.mean() < 6.0, diff.mean()  # same picture, bf16 rounding only

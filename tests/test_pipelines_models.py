@@ -164,6 +164,7 @@ def test_device_and_dtype_choice(caplog):
     with caplog.at_level("WARNING"):
         assert resolve_dtype("fp16", cpu) == torch.float32
     assert "float32" in caplog.text
+    assert resolve_dtype("bf16", cpu) == torch.bfloat16  # the CPU fast path
     with pytest.raises(ValueError, match="dtype"):
         resolve_dtype("int8", cpu)
     with pytest.raises(ValueError, match="device"):

@@ -69,8 +69,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """Compute dtype of the UNets: "auto" is float16 on cuda/mps and float32 on cpu.
 
-    Half precision is only used on accelerators; asking for it on the CPU logs a warning and
-    computes in float32 (CPU half-precision convolutions are slow and inexact).
+    bfloat16 works everywhere (on the CPU it is the fast path: weights and activations in bf16,
+    norms in float32, channels-last). float16 is for accelerators only: asked for on the CPU it
+    logs a warning and computes in float32 (CPU half-precision convolutions are slow and inexact).
     """
     if dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto"):
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
@@ -83,8 +84,8 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         resolved = _DTYPES[key]
     if resolved not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype: {resolved} is not supported; expected one of {DTYPE_NAMES}")
-    if resolved != torch.float32 and device.type == "cpu":
-        logger.warning("dtype %s requested on the CPU; computing in float32", resolved)
+    if resolved == torch.float16 and device.type == "cpu":
+        logger.warning("dtype float16 requested on the CPU; computing in float32 (use bf16)")
         return torch.float32
     return resolved
 
@@ -283,6 +284,8 @@ class ModelSlot:
             model = model.to(device).eval()
             if dtype != torch.float32:
                 model.convert_to_fp16(dtype)
+                if device.type == "cpu":  # oneDNN's fast bf16 convolutions are channels-last
+                    model.to(memory_format=torch.channels_last)
             elif model.dtype != torch.float32:
                 model.convert_to_fp32()
             self._loaded = LoadedModel(model, dc, tokenizer, self.label)
