@@ -1,0 +1,70 @@
+"""The embedded default models: a small GLIDE cascade trained on the shapes world.
+
+They ship inside the package (fp16 safetensors with their config and word vocabulary), so a new
+user sees glidekit work with no download. The released GLIDE weights take precedence as soon as
+they are in the cache (``glidekit download``): ``default_<role>()`` answers the released name
+then, else the embedded file (or None where no embedded model of that role exists yet).
+The pipelines call these through ``glidekit.pipelines.common.default_source``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+MODELS_DIR = Path(__file__).resolve().parent
+
+#: role -> (released checkpoint name, embedded file name)
+ROLES: dict[str, tuple[str, str]] = {
+    "base": ("base", "shapes-base.safetensors"),
+    "upsampler": ("upsample", "shapes-upsample.safetensors"),
+    "base_inpaint": ("base-inpaint", "shapes-base-inpaint.safetensors"),
+    "upsampler_inpaint": ("upsample-inpaint", "shapes-upsample-inpaint.safetensors"),
+}
+
+
+def released_in_cache(name: str) -> bool:
+    """Whether the released checkpoint ``name`` is already in glidekit's cache."""
+    from glidekit.checkpoints import CHECKPOINTS, cache_dir
+    from glidekit.checkpoints.download import preferred_files
+
+    return any(f.is_file() for f in preferred_files(cache_dir(), CHECKPOINTS[name].stem))
+
+
+def embedded_path(role: str) -> Path | None:
+    """The embedded model file for ``role``, if the package ships one."""
+    path = MODELS_DIR / ROLES[role][1]
+    return path if path.is_file() else None
+
+
+def _default(role: str) -> str | None:
+    released, _ = ROLES[role]
+    # The cascade comes from one family: the released base decides for its upsampler too.
+    family_base = "base-inpaint" if "inpaint" in role else "base"
+    if released_in_cache(family_base) or embedded_path(role.replace("upsampler", "base")) is None:
+        return released
+    path = embedded_path(role)
+    if path is not None:
+        logger.info("no released %s checkpoint in the cache: using the embedded shapes-world "
+                    "model %s (run `glidekit download` for the released weights)",
+                    family_base, path.name)  # fmt: skip
+        return str(path)
+    return None
+
+
+def default_base() -> str | None:
+    return _default("base")
+
+
+def default_upsampler() -> str | None:
+    return _default("upsampler")
+
+
+def default_base_inpaint() -> str | None:
+    return _default("base_inpaint")
+
+
+def default_upsampler_inpaint() -> str | None:
+    return _default("upsampler_inpaint")
