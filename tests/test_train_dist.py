@@ -80,7 +80,7 @@ def test_sigterm_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     cfg = tiny_config(
         tmp_path / "unused",
         model={"dropout": 0.1},
-        train={"steps": 60, "batch_size": 2, "threads": 1},
+        train={"steps": 30, "batch_size": 2, "threads": 1},
         data={"length": 24},
     )
     config = _write_config(tmp_path / "cfg.yaml", cfg)
@@ -111,7 +111,7 @@ def test_sigterm_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     _, stderr = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 0, stderr
     stopped = load_checkpoint(out / "checkpoint.pt")
-    assert 5 <= stopped["step"] < 60, "the signal arrived too late to test anything"
+    assert 5 <= stopped["step"] < 30, "the signal arrived too late to test anything"
     assert "stop requested" in stderr and not (out / "export.safetensors").exists()
 
     resumed = subprocess.run(
@@ -124,13 +124,13 @@ def test_sigterm_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stderr
     a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
     b = load_checkpoint(out / "checkpoint.pt")
-    assert a["step"] == b["step"] == 60
+    assert a["step"] == b["step"] == 30
     for key in ("model", "ema"):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name}"
     assert (out / "export.safetensors").is_file()
     steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
-    assert steps == list(range(1, 61))
+    assert steps == list(range(1, 31))
 
 
 def _torchrun(tmp_path: Path, config: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -354,4 +354,5 @@ def test_ddp_gradients_equal_single_process(tmp_path: Path) -> None:
         diff = (ddp["grads"][name] - grad).norm() / grad.norm().clamp_min(1e-12)
         worst = max(worst, float(diff))
         torch.testing.assert_close(ddp["grads"][name], grad, rtol=1e-5, atol=1e-8, msg=name)
+    print(f"worst relative gradient difference (norm per tensor): {worst:.2e}")
     assert worst < 1e-5, worst
