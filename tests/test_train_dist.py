@@ -1,4 +1,5 @@
-"""Training in real subprocesses: SIGTERM then --resume through the CLI, and torchrun (gloo)."""
+"""Training in real subprocesses: SIGTERM or SIGKILL then --resume through the CLI, and torchrun
+(gloo): two processes agree, resume exactly and average gradients like one process."""
 
 from __future__ import annotations
 

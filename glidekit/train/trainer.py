@@ -12,6 +12,9 @@
 
 Only rank 0 writes files. A stop request (signal) is agreed on by all ranks at the end of a
 step; they save the checkpoint together and :meth:`fit` returns normally (the CLI exits 0).
+:meth:`Trainer.close` (called by :func:`train`) ends the run's data loaders and, under torchrun,
+destroys the process group after a barrier so that its worker threads are joined before the
+interpreter exits.
 """
 
 from __future__ import annotations
@@ -131,6 +134,18 @@ class Trainer:
         if cfg.train.threads is not None:
             torch.set_num_threads(cfg.train.threads)
         self._own_group = st.init_distributed(self.dist, self.device)
+        try:
+            self._setup(resume)
+        except BaseException:
+            if self._own_group:  # e.g. a bad data path: leave no process group behind
+                import torch.distributed as dist
+
+                self._own_group = False
+                dist.destroy_process_group()
+            raise
+
+    def _setup(self, resume: bool | str | Path) -> None:
+        cfg = self.config
         self.is_main = self.dist.is_main
         self.out_dir = Path(cfg.train.out_dir)
         self.checkpoint_path = self.out_dir / "checkpoint.pt"
