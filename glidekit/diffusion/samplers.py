@@ -16,7 +16,7 @@ image as the official implementation.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,11 @@ class StepOutput:
     t: int
     sample: torch.Tensor
     pred_xstart: torch.Tensor
+
+
+def _progress(indices: list[int], show: bool, desc: str) -> Iterable[int]:
+    # No tqdm object at all unless shown: even a disabled bar starts tqdm's monitor thread.
+    return tqdm(indices, desc=desc, leave=False) if show else indices
 
 
 def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -183,7 +188,7 @@ def dpmpp_2m_progressive(
     n_steps = len(indices)
     prev_x0: torch.Tensor | None = None
     prev_h: float | None = None
-    for k, s in enumerate(tqdm(indices, disable=not progress, desc="dpm++2m", leave=False)):
+    for k, s in enumerate(_progress(indices, progress, "dpm++2m")):
         t = torch.full((x.shape[0],), s, device=x.device, dtype=torch.long)
         with torch.no_grad():
             out = diffusion.p_mean_variance(
@@ -277,7 +282,7 @@ def sample_progressive(
         return
     step_fn: Callable[..., StepOutput] = p_sample if sampler == "ancestral" else ddim_sample
     extra: dict[str, Any] = {"eta": eta} if sampler == "ddim" else {}
-    for i in tqdm(indices, disable=not progress, desc=sampler, leave=False):
+    for i in _progress(indices, progress, sampler):
         t = torch.full((shape[0],), i, device=x.device, dtype=torch.long)
         with torch.no_grad():
             out = step_fn(diffusion, model, x, t, generator=generator, **common, **extra)
