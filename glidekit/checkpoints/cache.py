@@ -8,13 +8,14 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+
+from glidekit.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -54,41 +55,6 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         while chunk := f.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-@contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``dest``; on success fsync it and ``os.replace`` it over
-    ``dest``; on error remove it. Readers see either the old file or the complete new one."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name opened with O_EXCL (not mkstemp, so the final file gets umask permissions).
-    tmp = dest.parent / f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    with open(tmp, "xb"):
-        pass
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Best-effort fsync of a directory so a rename survives a crash (no-op where unsupported)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)

@@ -161,7 +161,7 @@ class ManifestShard:
         if size and os.pread(self.fd, 1, size - 1) != b"\n":
             os.write(self.fd, b"\n")  # end a torn line so it cannot join the next record
         if created:
-            from glidekit.pipelines.images import fsync_dir
+            from glidekit.fileio import fsync_dir
 
             fsync_dir(path.parent)
 

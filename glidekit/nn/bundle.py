@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from glidekit.fileio import atomic_path
 from glidekit.nn.config import DiffusionConfig, config_from_dict
 from glidekit.nn.unet import GlideUNet, create_model
 from glidekit.tokenizer import GPT2Tokenizer, Tokenizer, tokenizer_from_dict, tokenizer_to_dict
@@ -51,15 +51,8 @@ def save_model(
             tokenizer_to_dict(tokenizer or GPT2Tokenizer(model.config.text_ctx))
         ),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, PngImagePlugin
 
 from glidekit.data.transforms import load_image, to_tensor
+from glidekit.fileio import fsync_dir
 
 FITS = ("crop", "pad")
 PNG_KEY = "glidekit"
@@ -327,20 +328,6 @@ def _write_temp(data: bytes, tmp: Path) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def fsync_dir(directory: str | os.PathLike) -> None:
-    """Best-effort fsync of a folder, so renames in it survive a crash."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_atomic(data: bytes, path: str | os.PathLike) -> Path:

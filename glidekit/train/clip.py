@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from torch import nn
 
 from glidekit.clip import CLIPConfig, NoisedCLIP
 from glidekit.data import ShapesTokenizer
+from glidekit.fileio import atomic_path
 
 CLIP_FORMAT = "glide-clip/1"
 
@@ -105,15 +105,8 @@ def save_clip(
         "glidekit.clip_config": json.dumps(clip.config.to_dict()),
         "glidekit.tokenizer": json.dumps(tokenizer_metadata(tokenizer)),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 

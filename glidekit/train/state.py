@@ -11,7 +11,6 @@ import gc
 import logging
 import os
 import random
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from glidekit.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -83,19 +84,10 @@ def seed_everything(seed: int) -> None:
 
 # ---------------------------------------------------------------------------------------- files
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace`` it into place."""
+    """``torch.save`` that never leaves a half-written file (see :func:`atomic_path`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
     return path
 
 

@@ -1,0 +1,51 @@
+"""Writing files so that nothing a user owns is ever half-written.
+
+:func:`atomic_path` is the one way glidekit writes a file in place: write to a unique temporary
+name beside the destination, fsync, ``os.replace`` over the destination, fsync the folder.
+Readers, and a process killed at any point, see either the old file or the whole new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``dest`` to write; on success it replaces ``dest``.
+
+    On an exception the temporary file is removed and ``dest`` is untouched.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # A unique name opened with O_EXCL (not mkstemp, so the final file gets umask permissions).
+    tmp = dest.parent / f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    with open(tmp, "xb"):
+        pass
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """Best-effort fsync of a folder so a rename in it survives a crash (no-op where unsupported)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
