@@ -8,8 +8,6 @@ trivial. Saved as glidekit model files they load like trained ones.
 from __future__ import annotations
 
 import functools
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -139,17 +137,19 @@ def test_wrong_model_kinds_are_reported(bundles):
         Text2ImagePipeline("no/such/model.safetensors", None, device="cpu")("x")
 
 
-def test_default_models_hook(bundles, monkeypatch):
-    # Without glidekit.models: the released names.
+def test_default_models_hook(bundles, monkeypatch, tmp_path):
+    import glidekit.models as embedded
+
+    # No embedded model files and nothing cached: the released names.
+    monkeypatch.setattr(embedded, "MODELS_DIR", tmp_path)
+    monkeypatch.setenv("GLIDEKIT_CACHE", str(tmp_path / "cache"))
     assert default_source("base") == "base" and default_source("upsampler") == "upsample"
     pipe = Text2ImagePipeline.from_pretrained(device="cpu")
     assert pipe.base_slot.label == "base" and pipe.upsampler_slot.label == "upsample"
     assert not pipe.base_slot.loaded
-    # With an embedded-models module: its answers, None meaning "no such model".
-    fake = types.ModuleType("glidekit.models")
-    fake.default_base = lambda: bundles["base"]
-    fake.default_upsampler = lambda: None
-    monkeypatch.setitem(sys.modules, "glidekit.models", fake)
+    # The embedded-models module's answers, None meaning "no such model".
+    monkeypatch.setattr(embedded, "default_base", lambda: bundles["base"])
+    monkeypatch.setattr(embedded, "default_upsampler", lambda: None)
     pipe = Text2ImagePipeline.from_pretrained(device="cpu")
     assert pipe.upsampler_slot is None
     result = pipe("a red circle", seed=0, steps=3)
