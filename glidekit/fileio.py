@@ -26,8 +26,12 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = dest.parent / f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     with open(tmp, "xb"):
         pass
+    mode = tmp.stat().st_mode & 0o777  # what the umask gives a new file
     try:
         yield tmp
+        # Some writers (safetensors) recreate the file owner-only; keep the usual permissions.
+        if tmp.stat().st_mode & 0o777 != mode:
+            os.chmod(tmp, mode)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, dest)

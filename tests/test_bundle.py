@@ -59,3 +59,14 @@ def test_vb_term_trains_only_the_variance():
     losses["vb"].sum().backward()
     grad = captured["out"].grad
     assert grad[:, :3].abs().sum() == 0 and grad[:, 3:].abs().sum() > 0
+
+
+def test_saved_file_gets_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    model, _ = golden_model("text2im_forward")
+    path = save_model(tmp_path / "m.safetensors", model)
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")  # what the umask gives any new file
+    assert stat.S_IMODE(os.stat(path).st_mode) == stat.S_IMODE(os.stat(probe).st_mode)
