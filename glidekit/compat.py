@@ -245,11 +245,26 @@ def load_checkpoint(
     return compat_load_checkpoint(checkpoint_name, device, cache_dir=cache_dir)
 
 
-def create_clip_model(device: torch.device | str | None = None, **kwargs: Any):
-    """The noise-aware CLIP with ``.image_encoder``, ``.text_encoder`` and ``.cond_fn``."""
+def create_clip_model(
+    config_path: str | None = None,
+    device: torch.device | str | None = None,
+    tokenizer: Any = None,
+):
+    """The noise-aware CLIP with ``.image_encoder``, ``.text_encoder`` and ``.cond_fn``.
+
+    ``config_path``: a config.yaml (or JSON) with the CLIP options, as the official function
+    takes; None gives the released model's.
+    """
+    from glidekit.clip import CLIPConfig
     from glidekit.clip import create_clip_model as _create
 
-    return _create(device=device, **kwargs)
+    config = None
+    if config_path is not None:
+        import yaml
+
+        with open(config_path, encoding="utf-8") as f:
+            config = CLIPConfig.from_dict(yaml.safe_load(f))
+    return _create(config=config, device=device, tokenizer=tokenizer)
 
 
 __all__ = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+import json
 import math
 import shutil
 
@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import REFERENCE, load_golden, strip_prefix
 
+from glidekit import compat
 from glidekit.clip import (
     CLIPConfig,
     ImageEncoder,
@@ -229,17 +230,6 @@ def test_text_prompts_work_without_any_download(small_config, tmp_path, monkeypa
 # --- official clip_guided notebook (CLIP part) --------------------------------------------------
 
 
-def _notebook_create_clip_model():
-    """glidekit.compat.create_clip_model if compat exists yet, else glidekit.clip's."""
-    try:
-        compat = importlib.import_module("glidekit.compat")
-    except ModuleNotFoundError as exc:
-        if exc.name != "glidekit.compat":
-            raise
-        return create_clip_model
-    return getattr(compat, "create_clip_model", create_clip_model)
-
-
 def test_clip_guided_notebook_flow(golden, small_config, tmp_path, monkeypatch) -> None:
     meta, tensors = golden
     # The notebook relies on the default vocabulary location (the glidekit cache).
@@ -252,8 +242,12 @@ def test_clip_guided_notebook_flow(golden, small_config, tmp_path, monkeypatch) 
     guidance_scale = 3.0
     prompt = meta["prompts"][0]
 
-    # Same calls as the notebook; config= only because the fixture weights are small-sized.
-    clip_model = _notebook_create_clip_model()(config=small_config, device=device)
+    # Same calls as the notebook (the official signature); config_path because the fixture
+    # weights are small-sized.
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(json.dumps(meta["config_yaml"]))  # JSON is YAML
+    clip_model = compat.create_clip_model(config_path=str(config_path), device=device)
+    assert clip_model.config == small_config
     clip_model.image_encoder.load_state_dict(strip_prefix(tensors, "clip_image_enc."))
     clip_model.text_encoder.load_state_dict(strip_prefix(tensors, "clip_text_enc."))
     cond_fn = clip_model.cond_fn([prompt] * batch_size, guidance_scale)
