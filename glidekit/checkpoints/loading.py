@@ -51,9 +51,8 @@ def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
         if path.name.endswith(".safetensors"):
             obj: Any = load_file(str(path), device="cpu")
         else:
-            obj = torch.load(
-                path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
-            )
+            mmap = zipfile.is_zipfile(path)  # memory-map the zip format; legacy files are read
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
             reason = str(exc).strip().splitlines()[0]
