@@ -434,3 +434,23 @@ def test_missing_data_exits_2_naming_the_key(
     err = capsys.readouterr().err
     assert f"glidekit train: error: {key}:" in err and str(missing) in err, err
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_high_noise_timestep_sampling(tmp_path: Path) -> None:
+    from glidekit.train.trainer import sample_timesteps
+
+    gen = torch.Generator().manual_seed(0)
+    plain = sample_timesteps(4000, 1000, gen, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(plain, torch.randint(0, 1000, (4000,), generator=gen))  # the default
+    gen = torch.Generator().manual_seed(0)
+    t = sample_timesteps(4000, 1000, gen, torch.device("cpu"), 0.5, 900)
+    share = (t >= 900).float().mean().item()
+    assert 0.5 < share < 0.6  # half drawn from the top, plus uniform's 10% of the rest
+    assert t.min() >= 0 and t.max() < 1000
+    with pytest.raises(ValueError, match="diffusion.high_noise_fraction"):
+        load_config(tiny_config(tmp_path, diffusion={"high_noise_fraction": 1.5}))
+    with pytest.raises(ValueError, match="diffusion.high_noise_start"):
+        load_config(tiny_config(tmp_path, diffusion={"high_noise_start": 1000}))
+    cfg = tiny_config(tmp_path / "hn", diffusion={"high_noise_fraction": 0.3})
+    assert train(load_config(cfg)).step == 4

@@ -212,14 +212,28 @@ def _make(cls: type, section: str, values: dict[str, Any]) -> Any:
 @dataclass
 class DiffusionSection:
     """``diffusion``: the training process. ``noise_schedule: auto`` = linear for upsamplers,
-    squaredcos_cap_v2 otherwise (as released)."""
+    squaredcos_cap_v2 otherwise (as released). ``high_noise_fraction``: the share of each batch's
+    timesteps drawn from ``[high_noise_start, steps)`` instead of uniformly (0 = uniform, as
+    GLIDE); colour and layout are decided at the highest noise levels, which uniform sampling
+    visits rarely."""
 
     steps: int = 1000
     noise_schedule: str = "auto"
+    high_noise_fraction: float = 0.0
+    high_noise_start: int = 900
 
     def validate(self) -> None:
         _positive("diffusion.steps", self.steps)
         _choice("diffusion.noise_schedule", self.noise_schedule, SCHEDULES)
+        if not 0.0 <= float(self.high_noise_fraction) <= 1.0:
+            raise ValueError(
+                f"diffusion.high_noise_fraction must be in [0, 1], got {self.high_noise_fraction}"
+            )
+        if not 0 <= int(self.high_noise_start) < self.steps:
+            raise ValueError(
+                f"diffusion.high_noise_start must be in [0, diffusion.steps={self.steps}), "
+                f"got {self.high_noise_start}"
+            )
 
 
 @dataclass

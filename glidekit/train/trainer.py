@@ -115,6 +115,27 @@ def _resolve_device(name: str, info: st.DistInfo) -> torch.device:
     return torch.device("cpu")
 
 
+def sample_timesteps(
+    batch: int,
+    num_steps: int,
+    generator: torch.Generator,
+    device: torch.device,
+    high_noise_fraction: float = 0.0,
+    high_noise_start: int = 900,
+) -> torch.Tensor:
+    """(batch,) training timesteps: uniform over [0, num_steps), except that each one is, with
+    probability ``high_noise_fraction``, drawn from [high_noise_start, num_steps) instead.
+    With a fraction of 0 this draws exactly what plain uniform sampling does."""
+    t = torch.randint(0, num_steps, (batch,), generator=generator, device=device)
+    if high_noise_fraction > 0:
+        top = torch.randint(
+            high_noise_start, num_steps, (batch,), generator=generator, device=device
+        )
+        pick = torch.rand(batch, generator=generator, device=device) < high_noise_fraction
+        t = torch.where(pick, top, t)
+    return t
+
+
 class Trainer:
     """Train a GLIDE UNet (any of the four kinds) or the noise-aware CLIP from a TrainConfig.
 
@@ -440,7 +461,11 @@ class Trainer:
         )
         dev = self.device
         b = images.shape[0]
-        t = torch.randint(0, self.diffusion.num_timesteps, (b,), generator=self.gen_dev, device=dev)
+        dc = self.config.diffusion
+        t = sample_timesteps(
+            b, self.diffusion.num_timesteps, self.gen_dev, dev,
+            dc.high_noise_fraction, dc.high_noise_start,
+        )  # fmt: skip
         noise = torch.randn(images.shape, generator=self.gen_dev, device=dev)
         return self.unet_loss(images, captions, t, noise, cond)
 
