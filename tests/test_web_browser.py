@@ -111,7 +111,16 @@ def test_inpaint_tab_paint_a_stroke(page, server, tmp_path):
     page.mouse.up()
     page.wait_for_timeout(500)  # the editor commits the stroke layer
     page.locator("#inp-prompt textarea").fill("a dog")
-    page.locator("#inp-run").click()
+    # On a loaded machine the editor may still be taking in the upload when Run is pressed (the
+    # server then answers "please upload a picture first"): press again once it has.
+    for _ in range(5):
+        page.locator("#inp-run").click()
+        result = page.locator("#inp-gallery img").first
+        refused = page.get_by_text("upload a picture first")
+        result.or_(refused).first.wait_for()
+        if result.is_visible():
+            break
+        page.wait_for_timeout(3000)
     page.locator("#inp-gallery img").first.wait_for()
     page.locator("#inp-files a").first.wait_for()
     page.screenshot(path=tmp_path / "inpaint.png", full_page=True)
