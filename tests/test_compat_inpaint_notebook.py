@@ -6,19 +6,13 @@ The notebook script (tests/scripts/inpaint_notebook.py) runs as a real subproces
 server through glidekit's cache, and the models are shrunk to the fixtures' options.
 """
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-from ckpt_server import CheckpointServer
+from notebook_runner import run_notebook
 from PIL import Image
-from test_compat_notebook import _options, _pt_bytes
+from test_compat_notebook import _options, _state
 from test_pipelines_models import random_picture
-
-SCRIPT = Path(__file__).parent / "scripts" / "inpaint_notebook.py"
 
 
 def _read_image(path: Path, size: int) -> np.ndarray:
@@ -28,47 +22,20 @@ def _read_image(path: Path, size: int) -> np.ndarray:
 
 
 def test_inpaint_notebook_runs_unchanged(tmp_path):
-    base_pt, base_layout = _pt_bytes("inpaint_forward")
-    up_pt, up_layout = _pt_bytes("super_res_inpaint_forward")
     base_opts, up_opts = _options("inpaint_forward"), _options("super_res_inpaint_forward")
-    specs = tmp_path / "tiny_specs.json"
-    specs.write_text(
-        json.dumps(
-            {
-                "checkpoints": {
-                    "base-inpaint": {"state_dict": base_layout},
-                    "upsample-inpaint": {"state_dict": up_layout},
-                }
-            }
-        )
-    )
     random_picture((96, 80), seed=4).save(tmp_path / "grass.png")  # not square, not 64/256
-    out = tmp_path / "out"
-    out.mkdir()
-    files = {"/base_inpaint.pt": base_pt, "/upsample_inpaint.pt": up_pt}
-    server = CheckpointServer(files).start()
-    try:
-        env = {
-            **os.environ,
-            "GLIDEKIT_CACHE": str(tmp_path / "cache"),
-            "GLIDEKIT_BASE_URL": server.base_url,
-            "GLIDEKIT_CHECKPOINT_SPECS": str(specs),
-            "GLIDEKIT_NOTEBOOK_OPTIONS": json.dumps({"base": base_opts, "upsample": up_opts}),
-            "GLIDEKIT_NOTEBOOK_OUT": str(out),
-        }
-        proc = subprocess.run(
-            [sys.executable, str(SCRIPT)],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-    finally:
-        server.stop()
+    proc, out, files = run_notebook(
+        "inpaint_notebook.py",
+        tmp_path,
+        {
+            "base-inpaint": ("base_inpaint.pt", _state("inpaint_forward")),
+            "upsample-inpaint": ("upsample_inpaint.pt", _state("super_res_inpaint_forward")),
+        },
+        {"base": base_opts, "upsample": up_opts},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "cache" / "base_inpaint.pt").read_bytes() == base_pt
-    assert (tmp_path / "cache" / "upsample_inpaint.pt").read_bytes() == up_pt
+    for name, data in files.items():
+        assert (tmp_path / "cache" / name).read_bytes() == data, name
     assert not list(tmp_path.glob("*.pt"))
     assert "total base parameters" in proc.stdout and "total upsampler parameters" in proc.stdout
 
