@@ -94,10 +94,8 @@ def test_generate_tab(page, server, tmp_path):
     assert Image.open(png).size == (32, 32)
 
 
-def test_inpaint_tab_paint_a_stroke(page, server, tmp_path):
-    picture = tmp_path / "picture.png"
-    random_picture((256, 256), seed=5).save(picture)
-    page.get_by_role("tab", name="Inpaint").click()
+def upload_and_paint(page, picture) -> None:
+    """Put ``picture`` into the inpainting editor and paint a horizontal stroke across its middle."""
     page.locator("#inp-editor input[type=file]").set_input_files(str(picture))
     canvas = page.locator("#inp-editor canvas").first
     canvas.wait_for()
@@ -110,17 +108,34 @@ def test_inpaint_tab_paint_a_stroke(page, server, tmp_path):
         page.mouse.move(cx + dx, cy, steps=2)
     page.mouse.up()
     page.wait_for_timeout(500)  # the editor commits the stroke layer
+
+
+def dismiss_toasts(page) -> None:
+    for close in page.locator(".toast-close").all():
+        if close.is_visible():
+            close.click()
+    page.locator(".toast-body").first.wait_for(state="hidden")
+
+
+def test_inpaint_tab_paint_a_stroke(page, server, tmp_path):
+    picture = tmp_path / "picture.png"
+    random_picture((256, 256), seed=5).save(picture)
+    page.get_by_role("tab", name="Inpaint").click()
     page.locator("#inp-prompt textarea").fill("a dog")
-    # On a loaded machine the editor may still be taking in the upload when Run is pressed (the
-    # server then answers "please upload a picture first"): press again once it has.
-    for _ in range(5):
+    # On a loaded machine the editor may not have taken in the upload when Run is pressed (the
+    # server then answers "please upload a picture first"): clear the refusal, upload and paint
+    # again, and press again.
+    result = page.locator("#inp-gallery img").first
+    refused = page.get_by_text("upload a picture first")
+    for _ in range(4):
+        upload_and_paint(page, picture)
         page.locator("#inp-run").click()
-        result = page.locator("#inp-gallery img").first
-        refused = page.get_by_text("upload a picture first")
         result.or_(refused).first.wait_for()
         if result.is_visible():
             break
-        page.wait_for_timeout(3000)
+        dismiss_toasts(page)
+    else:
+        raise AssertionError(f"every run refused; server log:\n{server.log.read_text()[-3000:]}")
     page.locator("#inp-gallery img").first.wait_for()
     page.locator("#inp-files a").first.wait_for()
     page.screenshot(path=tmp_path / "inpaint.png", full_page=True)
@@ -182,10 +197,18 @@ def test_page_refuses_bad_input(page, server, tmp_path):
     error_toast(page, "upload a picture")
     tiny = tmp_path / "tiny.png"
     Image.new("RGB", (1, 1), (200, 10, 10)).save(tiny)
-    page.locator("#inp-editor input[type=file]").set_input_files(str(tiny))
-    page.wait_for_timeout(1000)
-    page.locator("#inp-run").click()
-    error_toast(page, "too small")
+    dismiss_toasts(page)
+    too_small = page.locator(".toast-body").filter(has_text="too small")
+    for _ in range(4):  # as in the inpaint test: the editor may not have taken the upload in yet
+        page.locator("#inp-editor input[type=file]").set_input_files(str(tiny))
+        page.wait_for_timeout(1000)
+        page.locator("#inp-run").click()
+        too_small.or_(page.get_by_text("upload a picture first")).first.wait_for()
+        if too_small.first.is_visible():
+            break
+        dismiss_toasts(page)
+    else:
+        raise AssertionError("the editor never took in the upload")
     # the server is unaffected
     assert server.process.poll() is None
     page.get_by_role("tab", name="Generate").click()
