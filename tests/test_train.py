@@ -454,3 +454,34 @@ def test_high_noise_timestep_sampling(tmp_path: Path) -> None:
         load_config(tiny_config(tmp_path, diffusion={"high_noise_start": 1000}))
     cfg = tiny_config(tmp_path / "hn", diffusion={"high_noise_fraction": 0.3})
     assert train(load_config(cfg)).step == 4
+
+
+def test_high_noise_loss_weight(tmp_path: Path) -> None:
+    from glidekit.diffusion.losses import high_noise_weight, training_losses
+
+    diffusion = GaussianDiffusion.from_config("squaredcos_cap_v2", 1000)
+    t = torch.tensor([0, 300, 500, 900, 950, 999])
+    w = high_noise_weight(diffusion, t, 50.0)
+    abar = torch.from_numpy(diffusion.alphas_cumprod)[t].float()
+    assert torch.equal(w[:2], torch.ones(2))  # low noise: GLIDE's plain eps loss
+    assert torch.allclose(w[3], (1 - abar[3]) / abar[3])  # t=900: exactly an x0 loss
+    assert w[3] > 30 and torch.all(w[4:] == 50.0)  # capped at the top
+    assert torch.all(w[1:] >= w[:-1])  # more weight as noise grows
+    with pytest.raises(ValueError, match="max_weight"):
+        high_noise_weight(diffusion, t, 0.5)
+
+    def model(x, ts, **_):
+        return torch.cat([0.9 * x, torch.zeros_like(x)], dim=1)
+
+    x0 = torch.rand(6, 3, 4, 4) * 2 - 1
+    noise = torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    plain = training_losses(diffusion, model, x0, t, noise=noise)
+    heavy = training_losses(diffusion, model, x0, t, noise=noise, mse_weight_max=50.0)
+    assert torch.equal(plain["mse"], heavy["mse"]) and torch.equal(plain["vb"], heavy["vb"])
+    assert torch.allclose(heavy["loss"], plain["mse"] * w + plain["vb"])
+    assert torch.equal(plain["loss"], plain["mse"] + plain["vb"])
+
+    with pytest.raises(ValueError, match="diffusion.mse_weight_max"):
+        load_config(tiny_config(tmp_path, diffusion={"mse_weight_max": 0.0}))
+    cfg = tiny_config(tmp_path / "w", diffusion={"mse_weight_max": 20.0})
+    assert train(load_config(cfg)).step == 4

@@ -62,12 +62,14 @@ def training_losses(
     *,
     model_kwargs: dict[str, Any] | None = None,
     noise: torch.Tensor | None = None,
+    mse_weight_max: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Per-example losses at steps t (B,) for clean images x_start (B, C, H, W) in [-1, 1].
 
-    Returns {"loss", "mse", "vb"}, each (B,). ``diffusion`` must be the unspaced training process
-    (t indexes it; the model is called with ``timestep_map[t]``). For a model with C output
-    channels (fixed variance) vb is zero.
+    Returns {"loss", "mse", "vb"}, each (B,); "mse" is unweighted. ``diffusion`` must be the
+    unspaced training process (t indexes it; the model is called with ``timestep_map[t]``). For
+    a model with C output channels (fixed variance) vb is zero. ``mse_weight_max`` > 1 weights
+    the MSE in the loss by :func:`high_noise_weight` (1 = GLIDE's plain hybrid loss).
     """
     if noise is None:
         noise = torch.randn_like(x_start)
@@ -91,4 +93,25 @@ def training_losses(
         vb = vb * (diffusion.num_timesteps / 1000.0)
     else:
         vb = torch.zeros_like(mse)
-    return {"loss": mse + vb, "mse": mse, "vb": vb}
+    weighted = (
+        mse if mse_weight_max == 1.0 else mse * high_noise_weight(diffusion, t, mse_weight_max)
+    )
+    return {"loss": weighted + vb, "mse": mse, "vb": vb}
+
+
+def high_noise_weight(
+    diffusion: GaussianDiffusion, t: torch.Tensor, max_weight: float
+) -> torch.Tensor:
+    """(B,) weights clamp((1 - abar_t) / abar_t, 1, max_weight) for the eps MSE at steps t.
+
+    Why: at high noise eps is almost x_t itself, so an error d in the implied x0 costs only
+    abar/(1 - abar) * d^2 of eps MSE (about 0.003 d^2 at t = 950 of the cosine schedule), and a
+    plain eps loss barely teaches what is decided there: the colours and the layout. Weighting
+    by 1/SNR makes that part an x0 loss; the cap keeps the very top steps from dominating, and
+    the floor leaves the low-noise steps (where the weight would fall below 1) as in GLIDE.
+    """
+    if max_weight < 1.0:
+        raise ValueError(f"max_weight must be >= 1 (1 = unweighted), got {max_weight}")
+    abar = torch.from_numpy(diffusion.alphas_cumprod)[t.cpu()]
+    inv_snr = (1.0 - abar) / abar.clamp(min=1e-12)
+    return inv_snr.clamp(1.0, max_weight).to(device=t.device, dtype=torch.float32)

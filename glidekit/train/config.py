@@ -215,12 +215,14 @@ class DiffusionSection:
     squaredcos_cap_v2 otherwise (as released). ``high_noise_fraction``: the share of each batch's
     timesteps drawn from ``[high_noise_start, steps)`` instead of uniformly (0 = uniform, as
     GLIDE); colour and layout are decided at the highest noise levels, which uniform sampling
-    visits rarely."""
+    visits rarely. ``mse_weight_max``: > 1 weights the eps MSE by clamp(1/SNR(t), 1, max), an x0
+    loss at high noise where a plain eps loss barely rewards the right picture (1 = GLIDE)."""
 
     steps: int = 1000
     noise_schedule: str = "auto"
     high_noise_fraction: float = 0.0
     high_noise_start: int = 900
+    mse_weight_max: float = 1.0
 
     def validate(self) -> None:
         _positive("diffusion.steps", self.steps)
@@ -228,6 +230,11 @@ class DiffusionSection:
         if not 0.0 <= float(self.high_noise_fraction) <= 1.0:
             raise ValueError(
                 f"diffusion.high_noise_fraction must be in [0, 1], got {self.high_noise_fraction}"
+            )
+        if not float(self.mse_weight_max) >= 1.0:
+            raise ValueError(
+                "diffusion.mse_weight_max must be >= 1 (1 = GLIDE's unweighted loss), "
+                f"got {self.mse_weight_max}"
             )
         if not 0 <= int(self.high_noise_start) < self.steps:
             raise ValueError(

@@ -489,7 +489,13 @@ class Trainer:
         x0 = images.to(dev)
         with self._autocast():
             out = training_losses(
-                self.diffusion, self.ddp, x0, t.to(dev), model_kwargs=kwargs, noise=noise.to(dev)
+                self.diffusion,
+                self.ddp,
+                x0,
+                t.to(dev),
+                model_kwargs=kwargs,
+                noise=noise.to(dev),
+                mse_weight_max=float(self.config.diffusion.mse_weight_max),
             )
         loss = out["loss"].mean()
         return loss, {
