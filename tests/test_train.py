@@ -485,3 +485,66 @@ def test_high_noise_loss_weight(tmp_path: Path) -> None:
         load_config(tiny_config(tmp_path, diffusion={"mse_weight_max": 0.0}))
     cfg = tiny_config(tmp_path / "w", diffusion={"mse_weight_max": 20.0})
     assert train(load_config(cfg)).step == 4
+
+
+def test_upsampler_trains_on_aligned_patches(tmp_path: Path) -> None:
+    from glidekit.train.data import random_patches
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).reshape(2, 3, 16, 16)
+    low = images[:, :, ::4, ::4].clone()  # low-res pixel (i, j) <- image pixel (4i, 4j)
+    mask = torch.rand(2, 1, 16, 16)
+    crops, cond = random_patches(images, {"low_res": low, "inpaint_mask": mask}, 8, gen)
+    assert crops.shape == (2, 3, 8, 8) and cond["low_res"].shape == (2, 3, 2, 2)
+    assert torch.equal(cond["low_res"], crops[:, :, ::4, ::4])  # patches line up
+    for i in range(2):  # the mask is cropped exactly like the image
+        y, x = (int(v) for v in torch.nonzero(images[i, 0] == crops[i, 0, 0, 0])[0])
+        assert y % 4 == 0 and x % 4 == 0
+        assert torch.equal(cond["inpaint_mask"][i], mask[i, :, y : y + 8, x : x + 8])
+    with pytest.raises(ValueError, match="multiple of 4"):
+        random_patches(images, {"low_res": low}, 6, gen)
+
+    bad = {"model": {"kind": "text2im"}, "data": {"patch_size": 8}}
+    with pytest.raises(ValueError, match="data.patch_size is for upsamplers"):
+        load_config(tiny_config(tmp_path, **bad))
+    bad = {"model": {"kind": "super_res"}, "data": {"patch_size": 6, "low_res_size": 4}}
+    with pytest.raises(ValueError, match="data.patch_size=6 must be"):
+        load_config(tiny_config(tmp_path, **bad))
+    out = tmp_path / "sr"
+    cfg = tiny_config(out, model={"kind": "super_res"}, data={"low_res_size": 4, "patch_size": 8})
+    result = train(load_config(cfg))
+    model, _, _ = load_model(result.export)
+    assert model.config.image_size == 16  # samples whole images at the configured size
+    grid = Image.open(out / "samples" / "step-000004.png")
+    assert grid.size == (2 * 18 + 2, 2 * 18 + 2)
+
+
+def test_inpainting_fine_tune_starts_from_a_text2im_bundle(tmp_path: Path) -> None:
+    first = train(load_config(tiny_config(tmp_path / "a", train={"steps": 2})))
+    base, _, _ = load_model(first.export)
+    cfg = tiny_config(tmp_path / "b", train={"steps": 1})
+    cfg["model"] = {"kind": "inpaint", "init": str(first.export)}
+    trainer = Trainer(load_config(cfg))
+    widened = trainer.model
+    assert widened.config.kind == "inpaint" and widened.config.in_channels == 7
+    # Until fine-tuning, the widened model computes exactly what the base did, whatever the
+    # masked image and mask say (their input weights start at zero).
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([10, 900])
+    tokens, mask = tokenize_batch(trainer.tokenizer, ["a red circle", ""], 16)
+    with torch.no_grad():
+        want = base(x, t, tokens, mask)
+        got = widened.eval()(
+            x,
+            t,
+            tokens,
+            mask,
+            inpaint_image=torch.rand_like(x),
+            inpaint_mask=torch.ones(2, 1, 16, 16),
+        )
+    assert torch.allclose(got, want, atol=1e-6)
+    assert train(load_config(cfg)).step == 1  # and it trains
+    cfg = tiny_config(tmp_path / "c", train={"steps": 1})
+    cfg["model"] = {"kind": "super_res", "init": str(first.export)}
+    with pytest.raises(ValueError, match="set model.kind: text2im \\(or inpaint\\)"):
+        Trainer(load_config(cfg))

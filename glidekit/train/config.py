@@ -256,6 +256,10 @@ class DataSection:
     mask_kind: inpainting masks: mixed | box | brush.
     tokenizer: auto (shapes world's word tokenizer for ``kind: shapes``, else GPT-2; CLIP's
         own BPE for ``model.kind: clip`` outside the shapes world) | gpt2 | shapes | clip.
+    patch_size: upsamplers only: train on random aligned patches of this side (the low-res
+        input is made from the whole image first, then cropped to the matching patch), so a
+        convolutional upsampler learns at the full resolution's scale for a fraction of the
+        cost; it still samples whole images (``null`` = whole images, as released).
     """
 
     kind: str = "shapes"
@@ -270,6 +274,7 @@ class DataSection:
     shuffle_buffer: int = 1000
     num_workers: int = 0
     random_crop: bool = False
+    patch_size: int | None = None
 
     def validate(self) -> None:
         _choice("data.kind", self.kind, DATA_KINDS)
@@ -288,6 +293,8 @@ class DataSection:
         _choice("data.tokenizer", self.tokenizer, TOKENIZERS)
         _positive("data.shuffle_buffer", self.shuffle_buffer, zero_ok=True)
         _positive("data.num_workers", self.num_workers, zero_ok=True)
+        if self.patch_size is not None:
+            _positive("data.patch_size", self.patch_size)
 
 
 @dataclass
@@ -435,6 +442,8 @@ class TrainConfig:
     def validate(self) -> None:
         for name in self.SECTIONS:
             getattr(self, name).validate()
+        if self.data.patch_size is not None:
+            self._check_patch_size()
         if self.model.kind == "clip" and self.model.init not in (None, "clip"):
             path = Path(self.model.init)
             if not path.is_file():
@@ -442,6 +451,22 @@ class TrainConfig:
                     f"model.init: {self.model.init!r} is neither 'clip' (the released pair) "
                     "nor a CLIP file exported by glidekit train"
                 )
+
+    def _check_patch_size(self) -> None:
+        patch = int(self.data.patch_size)  # type: ignore[arg-type]
+        if self.model.kind not in ("super_res", "super_res_inpaint"):
+            raise ValueError(
+                f"data.patch_size is for upsamplers (model.kind super_res); this is "
+                f"{self.model.kind}: remove data.patch_size"
+            )
+        size = int(self.model.unet_config().image_size)
+        low = int(self.data.low_res_size or max(1, size // 4))
+        factor = size // low
+        if size % low or patch > size or patch % factor:
+            raise ValueError(
+                f"data.patch_size={patch} must be at most model.image_size={size} and a "
+                f"multiple of the upsampling factor {factor} (e.g. {size // 2})"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"model": self.model.to_dict()}

@@ -322,6 +322,36 @@ def conditioning(
     return out
 
 
+def random_patches(
+    images: torch.Tensor,
+    cond: dict[str, torch.Tensor],
+    patch_size: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Crop ``images`` (B, 3, S, S) to random (B, 3, P, P) patches and the conditioning to
+    the matching regions: ``low_res`` (B, 3, L, L) to (B, 3, P/f, P/f) with f = S / L, and
+    inpainting tensors (B, C, S, S) like the images. Offsets are multiples of f, so every
+    patch lines up with whole low-res pixels."""
+    size = images.shape[-1]
+    low = cond.get("low_res")
+    factor = size // low.shape[-1] if low is not None else 1
+    if patch_size > size or patch_size % factor:
+        raise ValueError(
+            f"patch_size {patch_size} must be at most {size} and a multiple of {factor}"
+        )
+    slots = (size - patch_size) // factor + 1
+    offsets = torch.randint(0, slots, (len(images), 2), generator=generator) * factor
+    crops: list[torch.Tensor] = []
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in cond}
+    for i, (y, x) in enumerate(offsets.tolist()):
+        crops.append(images[i, :, y : y + patch_size, x : x + patch_size])
+        for key, value in cond.items():
+            f = size // value.shape[-1]
+            p = patch_size // f
+            out[key].append(value[i, :, y // f : y // f + p, x // f : x // f + p])
+    return torch.stack(crops), {k: torch.stack(v) for k, v in out.items()}
+
+
 def tokenize_shapes_for_clip(
     tokenizer: ShapesTokenizer, captions: Sequence[str], ctx: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

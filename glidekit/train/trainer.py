@@ -54,6 +54,7 @@ from glidekit.train.data import (
     make_dataset,
     make_stream,
     make_tokenizer,
+    random_patches,
     reference_items,
     tokenize_for_clip,
 )
@@ -113,6 +114,21 @@ def _resolve_device(name: str, info: st.DistInfo) -> torch.device:
         torch.cuda.set_device(device)
         return device
     return torch.device("cpu")
+
+
+#: model.init of this kind may start a model.kind of that kind (GLIDE's inpainting fine-tunes).
+INPAINT_FROM = {"text2im": "inpaint", "super_res": "super_res_inpaint"}
+INPUT_CONV = "input_blocks.0.0.weight"
+
+
+def add_inpaint_channels(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A text2im (super_res) state dict made to fit the inpaint (super_res_inpaint) kind: the
+    input convolution gains the masked image's 3 channels and the mask's 1 right after x's 3
+    (the UNet's input order), with zero weights, so the widened model computes exactly what
+    the original did until fine-tuning teaches it to read them (as the GLIDE paper did)."""
+    weight = state[INPUT_CONV]
+    zeros = weight.new_zeros(weight.shape[0], 4, *weight.shape[2:])
+    return {**state, INPUT_CONV: torch.cat([weight[:, :3], zeros, weight[:, 3:]], dim=1)}
 
 
 def sample_timesteps(
@@ -279,12 +295,15 @@ class Trainer:
         elif init and is_bundle(init):
             loaded, _, init_tokenizer = load_model(init)
             base = loaded.config
-            if base.kind != cfg.model.kind:
+            init_state = {k: v.float() for k, v in loaded.state_dict().items()}
+            if INPAINT_FROM.get(base.kind) == cfg.model.kind:
+                init_state = add_inpaint_channels(init_state)
+            elif base.kind != cfg.model.kind:
+                hint = f" (or {INPAINT_FROM[base.kind]})" if base.kind in INPAINT_FROM else ""
                 raise ValueError(
                     f"model.init: {init!r} holds a {base.kind} model but model.kind is "
-                    f"{cfg.model.kind}"
+                    f"{cfg.model.kind}; set model.kind: {base.kind}{hint}"
                 )
-            init_state = {k: v.float() for k, v in loaded.state_dict().items()}
         elif init and not Path(init).exists():
             raise ValueError(
                 f"model.init: {init!r} is neither a released checkpoint name "
@@ -459,6 +478,8 @@ class Trainer:
             mask_kind=self.config.data.mask_kind,
             generator=self.gen_cpu,
         )
+        if self.config.data.patch_size is not None:
+            images, cond = random_patches(images, cond, self.config.data.patch_size, self.gen_cpu)
         dev = self.device
         b = images.shape[0]
         dc = self.config.diffusion
