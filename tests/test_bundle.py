@@ -31,6 +31,28 @@ def test_half_precision_export_loads_as_float32_on_cpu(tmp_path):
     assert torch.equal(loaded.state_dict()["out.2.weight"], model.state_dict()["out.2.weight"])
 
 
+def test_loading_straight_into_bf16_matches_converting_after(tmp_path):
+    model, _ = golden_model("text2im_forward")
+    path = save_model(tmp_path / "m.safetensors", model)
+    want, _, _ = load_model(path)
+    want.convert_to_fp16(torch.bfloat16)
+    got, _, _ = load_model(path, dtype=torch.bfloat16)
+    assert got.dtype == torch.bfloat16
+    assert got.input_blocks[0][0].weight.dtype == torch.bfloat16  # convolutions in bf16
+    assert got.out[0].weight.dtype == torch.float32  # the norms and the head stay float32
+    state = got.state_dict()
+    for k, v in want.state_dict().items():
+        assert v.dtype == state[k].dtype and torch.equal(v, state[k]), k
+    x = torch.randn(
+        2, 3, *[model.config.image_size] * 2, generator=torch.Generator().manual_seed(0)
+    )
+    tokens = torch.randint(0, 100, (2, model.config.text_ctx))
+    t = torch.tensor([3, 900])
+    with torch.no_grad():
+        mask = torch.ones_like(tokens, dtype=torch.bool)
+        assert torch.equal(got(x, t, tokens, mask), want(x, t, tokens, mask))
+
+
 def test_not_a_bundle(tmp_path):
     bad = tmp_path / "x.safetensors"
     bad.write_bytes(b"garbage")

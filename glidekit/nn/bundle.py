@@ -72,9 +72,17 @@ def is_bundle(path: str | os.PathLike) -> bool:
 
 
 def load_model(
-    path: str | os.PathLike, device: torch.device | str = "cpu"
+    path: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
 ) -> tuple[GlideUNet, DiffusionConfig, Tokenizer]:
-    """Load a file written by :func:`save_model`: (model in eval mode, diffusion config, tokenizer)."""
+    """Load a file written by :func:`save_model`: (model in eval mode, diffusion config, tokenizer).
+
+    ``dtype`` (float16/bfloat16): hold the model as :meth:`GlideUNet.convert_to_fp16` does, each
+    tensor cast as it is read, so loading never holds a float32 copy of the whole model (the
+    peak is the half-precision model plus one tensor). ``None``: float32 on the CPU, the
+    file's half precision elsewhere.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
@@ -93,6 +101,13 @@ def load_model(
     diffusion = DiffusionConfig(**json.loads(meta["glidekit.diffusion"]))
     tokenizer = tokenizer_from_dict(json.loads(meta["glidekit.tokenizer"]))
     model = create_model(config, device="meta")
+    if dtype is not None and dtype != torch.float32:
+        model.convert_to_fp16(dtype)
+        want = {k: v.dtype for k, v in model.state_dict().items()}
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            state = {k: f.get_tensor(k).to(want.get(k, torch.float32)) for k in f.keys()}
+        model.load_state_dict(state, strict=True, assign=True)
+        return model.to(device).eval(), diffusion, tokenizer
     with safe_open(str(path), framework="pt", device=str(device)) as f:
         state = {k: f.get_tensor(k) for k in f.keys()}
     model.load_state_dict(state, strict=True, assign=True)

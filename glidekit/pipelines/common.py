@@ -273,7 +273,7 @@ class ModelSlot:
     def get(self, device: torch.device, dtype: torch.dtype) -> LoadedModel:
         if self._loaded is None:
             try:
-                model, dc, tokenizer = self._build(device)
+                model, dc, tokenizer = self._build(device, dtype)
             except (FileNotFoundError, TypeError):
                 raise
             except ValueError as exc:  # includes CheckpointError: name the model argument
@@ -292,7 +292,9 @@ class ModelSlot:
             logger.debug("loaded %s model %s on %s (%s)", self.role, self.label, device, dtype)
         return self._loaded
 
-    def _build(self, device: torch.device) -> tuple[GlideUNet, DiffusionConfig, Tokenizer]:
+    def _build(
+        self, device: torch.device, dtype: torch.dtype
+    ) -> tuple[GlideUNet, DiffusionConfig, Tokenizer]:
         src = self.source
         if isinstance(src, GlideUNet):
             tokenizer = getattr(src, "tokenizer", None) or GPT2Tokenizer(src.config.text_ctx)
@@ -323,8 +325,8 @@ class ModelSlot:
             )
         from glidekit.nn.bundle import is_bundle, load_model
 
-        if is_bundle(path):
-            return load_model(path, device="cpu")
+        if is_bundle(path):  # read straight into the compute dtype: no float32 copy in memory
+            return load_model(path, device="cpu", dtype=None if dtype == torch.float32 else dtype)
         return _load_local_checkpoint(path, ROLE_CHECKPOINT.get(self.role, "base"))
 
 
