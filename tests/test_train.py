@@ -298,6 +298,16 @@ def test_clip_trains_and_exports(tmp_path: Path) -> None:
     grad = clip.cond_fn(tokens, 1.0)(torch.zeros(1, 3, 16, 16), torch.tensor([10]))
     assert grad.shape == (1, 3, 16, 16)
 
+    # The file guides a pipeline from prompts: its shipped vocabulary is used, in CLIP's form.
+    from glidekit.pipelines import ClipGuidedPipeline
+
+    base = train(load_config(tiny_config(tmp_path / "base", train={"steps": 1})))
+    pipe = ClipGuidedPipeline(str(base.export), None, clip=str(result.export), device="cpu")
+    prompted = pipe.clip.text_embeddings(["a red circle"])
+    assert torch.allclose(prompted, z, atol=1e-6)
+    image = pipe("a red circle", steps="3", guidance_scale=2.0, seed=0).images[0]
+    assert image.size == (16, 16)
+
 
 def test_bf16_autocast_and_fine_tune_from_bundle(tmp_path: Path) -> None:
     first = train(load_config(tiny_config(tmp_path / "a", train={"steps": 2, "precision": "bf16"})))

@@ -410,10 +410,13 @@ class NoisedCLIP(nn.Module):
                 f"config must be a CLIPConfig (use CLIPConfig.from_dict for a dict), "
                 f"got {type(config).__name__}"
             )
-        if tokenizer is not None and not isinstance(tokenizer, (ClipTokenizer, str, os.PathLike)):
+        if tokenizer is not None and not (
+            isinstance(tokenizer, (str, os.PathLike))
+            or callable(getattr(tokenizer, "tokenize", None))
+        ):
             raise TypeError(
-                "tokenizer must be a ClipTokenizer, a path to bpe_simple_vocab_16e6.txt.gz or "
-                f"None, got {type(tokenizer).__name__}"
+                "tokenizer must be a ClipTokenizer (or an object with its tokenize(texts, ctx)), "
+                f"a path to bpe_simple_vocab_16e6.txt.gz or None, got {type(tokenizer).__name__}"
             )
         self.config = config
         self.image_encoder = ImageEncoder(config, device, dtype)
@@ -428,7 +431,7 @@ class NoisedCLIP(nn.Module):
     @property
     def tokenizer(self) -> ClipTokenizer:
         """The CLIP tokenizer (loaded on first access; FileNotFoundError if the vocab is absent)."""
-        if not isinstance(self._tokenizer, ClipTokenizer):
+        if self._tokenizer is None or isinstance(self._tokenizer, (str, os.PathLike)):
             self._tokenizer = ClipTokenizer(self._tokenizer)
         return self._tokenizer
 

@@ -58,6 +58,7 @@ __all__ = [
     "parse_caption",
     "check",
     "ShapesTokenizer",
+    "ShapesClipTokenizer",
     "ShapesDataset",
     "ShapesIterableDataset",
 ]
@@ -610,6 +611,27 @@ class ShapesTokenizer:
 
     def __repr__(self) -> str:
         return f"ShapesTokenizer(n_vocab={self.n_vocab}, text_ctx={self.text_ctx})"
+
+
+class ShapesClipTokenizer:
+    """The shapes-world vocabulary in the form the CLIP text encoder reads: word ids shifted by
+    one (0 is CLIP's padding), then the end token; the interface of
+    :class:`glidekit.clip.ClipTokenizer` (``tokenize``), so a shapes CLIP guides from prompts."""
+
+    def __init__(self, words: ShapesTokenizer) -> None:
+        self.words = words
+
+    def tokenize(self, texts: Sequence[str], ctx: int) -> tuple[list[list[int]], list[int]]:
+        """Texts -> (rows of ``ctx`` ids, lengths including the end token)."""
+        rows, lens = [], []
+        for text in texts:
+            ids = [i + 1 for i in self.words.encode(text)][: ctx - 1] + [self.words.end_token + 1]
+            lens.append(len(ids))
+            rows.append(ids + [0] * (ctx - len(ids)))
+        return rows, lens
+
+    def __repr__(self) -> str:
+        return f"ShapesClipTokenizer({self.words!r})"
 
 
 # --------------------------------------------------------------------------------------------

@@ -84,11 +84,16 @@ def load_clip_pair(sources: tuple[Any, Any], tokenizer: Any = None, cache_dir: A
             raise ValueError(
                 f"{arg}: the file's glidekit.clip_config is not valid ({exc})"
             ) from None
-        tok = (meta or {}).get("glidekit.tokenizer")
-        if tok and json.loads(tok).get("type", "clip") != "clip":
+        tok = json.loads((meta or {}).get("glidekit.tokenizer") or "{}")
+        if tok.get("type", "clip") == "shapes" and tokenizer is None:
+            # A shapes-world CLIP reads its own word vocabulary (shipped in the file).
+            from glidekit.data.shapes import ShapesClipTokenizer, ShapesTokenizer
+
+            tokenizer = ShapesClipTokenizer(ShapesTokenizer.from_dict(tok["data"]))
+        elif tok.get("type", "clip") not in ("clip", "shapes"):
             raise ValueError(
-                f"{arg}: this CLIP was trained with the {json.loads(tok)['type']!r} tokenizer; "
-                "CLIP guidance from prompts needs the CLIP tokenizer"
+                f"{arg}: this CLIP was trained with the {tok['type']!r} tokenizer, which "
+                "glidekit cannot rebuild; CLIP guidance from prompts needs its tokenizer"
             )
     known = [c for c in configs if c is not None]
     if len(known) == 2 and known[0] != known[1]:
@@ -126,10 +131,12 @@ def load_clip_pair(sources: tuple[Any, Any], tokenizer: Any = None, cache_dir: A
 class ClipGuidedPipeline(GlidePipeline):
     """Text to image guided by GLIDE's noise-aware CLIP.
 
-    ``clip``: a :class:`glidekit.clip.NoisedCLIP` (used as is), or an ``(image_encoder,
-    text_encoder)`` pair of released names or checkpoint paths loaded into the released
-    architecture (default: the released towers), loaded on first use. ``clip_tokenizer``: path
-    of the CLIP BPE merges file if it is not in the glidekit cache.
+    ``clip``: a :class:`glidekit.clip.NoisedCLIP` (used as is), a CLIP file written by
+    ``glidekit train`` (both towers, its config and vocabulary: a shapes-world CLIP reads its
+    own words), or an ``(image_encoder, text_encoder)`` pair of released names or checkpoint
+    paths loaded into the released architecture (default: the released towers), loaded on
+    first use. ``clip_tokenizer``: path of the CLIP BPE merges file if it is not in the
+    glidekit cache.
     """
 
     pipeline_name = "clip-guided"
@@ -163,6 +170,8 @@ class ClipGuidedPipeline(GlidePipeline):
         src = self._clip_source
         if isinstance(src, tuple):
             return ",".join(str(s) for s in src)
+        if isinstance(src, (str, os.PathLike)):
+            return str(src)
         return "custom"
 
     @property
@@ -176,9 +185,12 @@ class ClipGuidedPipeline(GlidePipeline):
                 model = src
             elif isinstance(src, tuple) and len(src) == 2:
                 model = load_clip_pair(src, self._clip_tokenizer, self._cache_dir)
+            elif isinstance(src, (str, os.PathLike)):  # one file with both towers
+                model = load_clip_pair((src, src), self._clip_tokenizer, self._cache_dir)
             else:
                 raise TypeError(
-                    "clip must be a NoisedCLIP or an (image encoder, text encoder) pair of "
+                    "clip must be a NoisedCLIP, a CLIP file written by glidekit train, or an "
+                    "(image encoder, text encoder) pair of "
                     f"names/paths, got {type(src).__name__}"
                 )
             self._clip = model.to(self.device).float().eval()

@@ -32,7 +32,7 @@ from glidekit.data import (
     make_low_res,
     random_mask,
 )
-from glidekit.data.shapes import canonical_caption, random_scene
+from glidekit.data.shapes import ShapesClipTokenizer, canonical_caption, random_scene
 from glidekit.tokenizer import GPT2Tokenizer, Tokenizer
 from glidekit.train.config import DataSection
 
@@ -355,13 +355,9 @@ def random_patches(
 def tokenize_shapes_for_clip(
     tokenizer: ShapesTokenizer, captions: Sequence[str], ctx: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shapes-world captions as CLIP text-encoder input: ids shifted by one (0 = padding),
-    then the end token; returns (tokens (B, ctx) int64, lens (B,) int64 incl. the end token)."""
-    rows, lens = [], []
-    for text in captions:
-        ids = [i + 1 for i in tokenizer.encode(text)][: ctx - 1] + [tokenizer.end_token + 1]
-        lens.append(len(ids))
-        rows.append(ids + [0] * (ctx - len(ids)))
+    """Shapes-world captions as CLIP text-encoder input (:class:`ShapesClipTokenizer`'s form):
+    (tokens (B, ctx) int64, lens (B,) int64 incl. the end token)."""
+    rows, lens = ShapesClipTokenizer(tokenizer).tokenize(captions, ctx)
     return torch.tensor(rows, dtype=torch.long), torch.tensor(lens, dtype=torch.long)
 
 
