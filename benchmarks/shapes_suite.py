@@ -33,11 +33,9 @@ Sections:
   Base model only (no upsampler), as is ``clip-vs-cfg``.
 * ``clip-vs-cfg``: classifier-free guidance against CLIP guidance (a shapes-world noise-aware
   CLIP file, as ``glidekit train configs/shapes-clip.yaml`` writes) at equal steps and sampler,
-  on the agreement captions and seeds. ``ClipGuidedPipeline`` refuses to load a
-  shapes-tokenizer CLIP from a path, so the file is loaded with ``glidekit.train.load_clip``
-  and its prompts are tokenized as in training (see :func:`load_shapes_clip`); without
-  ``--clip``, or for a CLIP of another resolution than the base model, the section is skipped
-  with the reason (exit code 0).
+  on the agreement captions and seeds (the CLIP reads prompts with the vocabulary shipped in
+  its file); without ``--clip``, or for a CLIP of another resolution than the base model, the
+  section is skipped with the reason (exit code 0).
 * ``inpaint``: ``--n`` cases: a random scene with its object in one quadrant is the source
   (rendered at the output resolution); the mask is another quadrant; the caption is the
   canonical caption of a new random object placed in that quadrant on the source's background.
@@ -612,20 +610,11 @@ def section_guidance_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_shapes_clip(path: Path) -> tuple[Any, str]:
-    """A CLIP file as ClipGuidedPipeline's ``clip`` argument, and a note on how it was loaded.
-
-    ``ClipGuidedPipeline`` loads CLIP files by path only for the CLIP BPE tokenizer (it refuses
-    a shapes-tokenizer CLIP: "CLIP guidance from prompts needs the CLIP tokenizer"). A
-    shapes-world CLIP file is therefore loaded with ``glidekit.train.load_clip`` and given a
-    ``tokenize`` that encodes prompts as its training did
-    (:func:`glidekit.train.data.tokenize_shapes_for_clip`); the pipeline takes the NoisedCLIP
-    object as it is. Raises ValueError for anything else.
-    """
-    from glidekit.data.shapes import ShapesTokenizer
+def check_clip_file(path: Path) -> None:
+    """ValueError unless ``path`` is a CLIP file written by ``glidekit train`` (both towers,
+    its config and vocabulary; ``ClipGuidedPipeline`` takes it as ``clip``)."""
     from glidekit.nn.bundle import read_metadata
-    from glidekit.train.clip import CLIP_FORMAT, load_clip
-    from glidekit.train.data import tokenize_shapes_for_clip
+    from glidekit.train.clip import CLIP_FORMAT
 
     try:
         meta = read_metadata(path)
@@ -639,26 +628,6 @@ def load_shapes_clip(path: Path) -> tuple[Any, str]:
             f"glidekit.format = {CLIP_FORMAT!r}, as `glidekit train configs/shapes-clip.yaml` "
             "exports); separate tower files are not supported here"
         )
-    clip, tokenizer_meta = load_clip(path)
-    kind = tokenizer_meta.get("type", "clip")
-    if kind == "clip":
-        return clip, "CLIP BPE tokenizer; NoisedCLIP loaded with glidekit.train.load_clip"
-    if kind != "shapes":
-        raise ValueError(f"--clip: unknown tokenizer type {kind!r} in {str(path)!r}")
-    tokenizer = ShapesTokenizer.from_dict(tokenizer_meta["data"])
-    ctx = clip.config.max_text_len
-
-    def tokenize(prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens, lens = tokenize_shapes_for_clip(tokenizer, list(prompts), ctx)
-        return tokens.to(clip.device), lens.to(clip.device)
-
-    clip.tokenize = tokenize  # the instance's own tokenizer, used by text_embeddings(prompts)
-    note = (
-        "shapes-tokenizer CLIP: ClipGuidedPipeline cannot load it from a path (it needs the "
-        "CLIP BPE tokenizer), so it was loaded with glidekit.train.load_clip and prompts "
-        "tokenized with glidekit.train.data.tokenize_shapes_for_clip"
-    )
-    return clip, note
 
 
 def section_clip_vs_cfg(args: argparse.Namespace) -> int:
@@ -670,14 +639,14 @@ def section_clip_vs_cfg(args: argparse.Namespace) -> int:
             "package ships none.",
         )
     try:
-        clip, note = load_shapes_clip(args.clip)
+        check_clip_file(args.clip)
     except ValueError as exc:
         return skip(args, str(exc))
-    logger.info("clip-vs-cfg: %s", note)
     cfg_pipe = Text2ImagePipeline(args.model, None, device=args.device, dtype=args.dtype)
     clip_pipe = ClipGuidedPipeline(
-        args.model, None, clip=clip, device=args.device, dtype=args.dtype
+        args.model, None, clip=str(args.clip), device=args.device, dtype=args.dtype
     )
+    clip = clip_pipe.clip
     base_size = cfg_pipe.base.model.config.image_size
     if clip.config.image_size != base_size:
         return skip(
@@ -727,13 +696,13 @@ def section_clip_vs_cfg(args: argparse.Namespace) -> int:
         for r in rows
     ]
     print(markdown_table(header, table))
-    print(f"\nCLIP: {note}")
+    print(f"\nCLIP: {args.clip}")
     write_json(
         args.json,
         {
             **run_info(args),
             **settings,
-            "clip_loading": note,
+            "clip": str(args.clip),
             "cfg_scales": list(args.cfg_scales),
             "clip_scales": list(args.clip_scales),
             "results": rows,
