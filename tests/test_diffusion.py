@@ -142,3 +142,45 @@ def test_bad_schedule_and_arguments():
             torch.tensor([1, 1]),
             cond_fn=lambda x, t: torch.zeros(1),
         )
+
+
+def test_v_prediction_is_converted_to_eps_everywhere():
+    from glidekit.diffusion.losses import training_losses
+
+    x0 = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    noise = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    for respacing in ("", "25"):
+        eps_proc = GaussianDiffusion.from_config("squaredcos_cap_v2", 1000, respacing)
+        v_proc = GaussianDiffusion.from_config("squaredcos_cap_v2", 1000, respacing, "v")
+        assert v_proc.respaced("10").prediction == "v" if not respacing else True
+        t = torch.tensor([0, 3, v_proc.num_timesteps // 2, v_proc.num_timesteps - 1])
+        x_t = v_proc.q_sample(x0, t, noise)
+        target = v_proc.training_target(x0, t, noise)
+        abar = torch.from_numpy(v_proc.alphas_cumprod)[t].view(-1, 1, 1, 1)  # float64
+        want = abar.sqrt() * noise.double() - (1 - abar).sqrt() * x0.double()
+        assert torch.allclose(target.double(), want, atol=1e-6)
+        assert torch.equal(eps_proc.training_target(x0, t, noise), noise)
+        rng = torch.zeros(4, 3, 8, 8)
+
+        v_out, eps_out = torch.cat([target, rng], 1), torch.cat([noise, rng], 1)
+
+        def v_model(x, ts, _out=v_out, **_):
+            return _out
+
+        def eps_model(x, ts, _out=eps_out, **_):
+            return _out
+
+        # a perfect v model and a perfect eps model give the same step
+        a = v_proc.p_mean_variance(v_model, x_t, t, clip_denoised=False)
+        b = eps_proc.p_mean_variance(eps_model, x_t, t, clip_denoised=False)
+        assert torch.allclose(a.eps, noise, atol=1e-5)
+        assert torch.allclose(a.pred_xstart, x0, atol=1e-5)
+        exact = v_proc.q_posterior(x0, x_t, t)[0]
+        assert torch.allclose(a.mean, exact, atol=1e-5)
+        assert torch.allclose(b.mean[:3], exact[:3], atol=1e-4)  # eps loses digits at the top
+        assert torch.allclose(a.variance, b.variance)
+        losses = training_losses(v_proc, v_model, x0, t, noise=noise) if not respacing else None
+        if losses is not None:
+            assert losses["mse"].abs().max() < 1e-10
+    with pytest.raises(ValueError, match="prediction"):
+        GaussianDiffusion.from_config("linear", 1000, "", "x0")

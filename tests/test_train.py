@@ -558,3 +558,17 @@ def test_inpainting_fine_tune_starts_from_a_text2im_bundle(tmp_path: Path) -> No
     cfg["model"] = {"kind": "super_res", "init": str(first.export)}
     with pytest.raises(ValueError, match="set model.kind: text2im \\(or inpaint\\)"):
         Trainer(load_config(cfg))
+
+
+def test_v_prediction_trains_exports_and_samples(tmp_path: Path) -> None:
+    from glidekit.pipelines import Text2ImagePipeline
+
+    with pytest.raises(ValueError, match="diffusion.prediction"):
+        load_config(tiny_config(tmp_path, diffusion={"prediction": "x0"}))
+    result = train(load_config(tiny_config(tmp_path / "v", diffusion={"prediction": "v"})))
+    _, diffusion_cfg, _ = load_model(result.export)
+    assert diffusion_cfg.prediction == "v"
+    pipe = Text2ImagePipeline(str(result.export), None, device="cpu")
+    assert pipe.base.process("3", "steps").prediction == "v"
+    image = pipe("a red circle", steps="3", seed=0).images[0]
+    assert image.size == (16, 16)

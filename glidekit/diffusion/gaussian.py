@@ -21,6 +21,9 @@ ModelFn = Callable[..., torch.Tensor]
 DenoisedFn = Callable[[torch.Tensor], torch.Tensor]
 
 
+PREDICTIONS = ("eps", "v")
+
+
 @dataclass
 class MeanVariance:
     """p(x_{t-1} | x_t) of one step: all (B, C, H, W) float32."""
@@ -36,10 +39,19 @@ class GaussianDiffusion:
     """A (respaced) Gaussian diffusion process.
 
     betas: (T,) float64 of the process actually sampled; timestep_map[t] is the original step the
-    model saw in training for this process's step t.
+    model saw in training for this process's step t. prediction: what the model's first C output
+    channels are: "eps" (the noise, as every released GLIDE model) or "v" (Salimans & Ho 2022:
+    v = sqrt(abar) eps - sqrt(1 - abar) x0, which stays well conditioned at the highest noise
+    levels, where an eps model must reproduce x_t almost exactly to say anything about x0).
+    Everything downstream (guidance, samplers, inpainting) sees eps either way.
     """
 
-    def __init__(self, betas: np.ndarray, timestep_map: list[int] | None = None) -> None:
+    def __init__(
+        self, betas: np.ndarray, timestep_map: list[int] | None = None, prediction: str = "eps"
+    ) -> None:
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        self.prediction = prediction
         betas = np.asarray(betas, dtype=np.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
             raise ValueError("betas must be a 1-D array with values in (0, 1]")
@@ -82,20 +94,21 @@ class GaussianDiffusion:
         noise_schedule: str = "squaredcos_cap_v2",
         steps: int = 1000,
         timestep_respacing: str = "",
+        prediction: str = "eps",
     ) -> GaussianDiffusion:
         """The ``steps``-step ``noise_schedule`` process, respaced by ``timestep_respacing``."""
         base = named_beta_schedule(noise_schedule, steps)
         use = space_timesteps(steps, timestep_respacing, base)
         if len(use) == steps:
-            return cls(base)
-        return cls(respace_betas(base, use), use)
+            return cls(base, prediction=prediction)
+        return cls(respace_betas(base, use), use, prediction=prediction)
 
     def respaced(self, timestep_respacing: str) -> GaussianDiffusion:
         """This process (which must be unspaced) sampled with fewer steps."""
         if self.timestep_map != list(range(self.num_timesteps)):
             raise ValueError("respaced() needs the original, unspaced process")
         use = space_timesteps(self.num_timesteps, timestep_respacing, self.betas)
-        return GaussianDiffusion(respace_betas(self.betas, use), use)
+        return GaussianDiffusion(respace_betas(self.betas, use), use, prediction=self.prediction)
 
     # ------------------------------------------------------------------ helpers
     def coef(self, name: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -165,9 +178,11 @@ class GaussianDiffusion:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(eps, variance, log_variance) from a model output (B, 2C or C, H, W).
 
-        With 2C channels the second half v sets the learned-range variance:
-        log_var = frac * log(beta_t) + (1 - frac) * log(posterior variance), frac = (v + 1) / 2
-        (v is not clamped). With C channels the variance is the fixed posterior one.
+        With 2C channels the second half r sets the learned-range variance:
+        log_var = frac * log(beta_t) + (1 - frac) * log(posterior variance), frac = (r + 1) / 2
+        (r is not clamped). With C channels the variance is the fixed posterior one. The first C
+        channels are eps, or v for a v-prediction process (converted:
+        eps = sqrt(abar) v + sqrt(1 - abar) x_t).
         """
         c = x_t.shape[1]
         if model_output.shape[0] != x_t.shape[0] or model_output.shape[2:] != x_t.shape[2:]:
@@ -186,7 +201,24 @@ class GaussianDiffusion:
             raise ValueError(
                 f"model output has {model_output.shape[1]} channels; expected {c} or {2 * c}"
             )
+        if self.prediction == "v":
+            eps = (
+                self.coef("sqrt_alphas_cumprod", t, x_t) * eps
+                + self.coef("sqrt_one_minus_alphas_cumprod", t, x_t) * x_t
+            )
         return eps, torch.exp(log_var), log_var
+
+    def training_target(
+        self, x_start: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """What the model's first C channels should output for x_t = q_sample(x_start, t, noise):
+        the noise (eps prediction) or v = sqrt(abar) noise - sqrt(1 - abar) x_start."""
+        if self.prediction == "eps":
+            return noise
+        return (
+            self.coef("sqrt_alphas_cumprod", t, x_start) * noise
+            - self.coef("sqrt_one_minus_alphas_cumprod", t, x_start) * x_start
+        )
 
     def p_mean_variance(
         self,
@@ -200,13 +232,20 @@ class GaussianDiffusion:
     ) -> MeanVariance:
         """Run the model at x_t (B, C, H, W) and step t (B,) -> p(x_{t-1} | x_t).
 
-        pred_xstart = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps, then ``denoised_fn`` (e.g.
+        pred_xstart = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps (v models: sqrt(abar) x_t -
+        sqrt(1 - abar) v), then ``denoised_fn`` (e.g.
         inpainting's known-region replacement), then clamped to [-1, 1] if ``clip_denoised``.
         """
         self.check_t(t, x.shape[0])
         model_output = model(x, self.model_timesteps(t), **(model_kwargs or {}))
         eps, variance, log_variance = self.split_model_output(model_output, x, t)
-        pred_xstart = self.predict_xstart_from_eps(x, t, eps)
+        if self.prediction == "v":  # x0 straight from v: through eps it loses digits at high t
+            pred_xstart = (
+                self.coef("sqrt_alphas_cumprod", t, x) * x
+                - self.coef("sqrt_one_minus_alphas_cumprod", t, x) * model_output[:, : x.shape[1]]
+            )
+        else:
+            pred_xstart = self.predict_xstart_from_eps(x, t, eps)
         if denoised_fn is not None:
             pred_xstart = denoised_fn(pred_xstart)
         if clip_denoised:

@@ -1,7 +1,7 @@
 """The training objective of GLIDE's model family (Nichol & Dhariwal 2021, "hybrid" loss).
 
 loss = MSE(eps_pred, eps) + L_vb, where L_vb is the variational bound term that trains the
-learned-range variance. The mean's gradient is stopped through L_vb (eps is detached there), so
+learned-range variance (for a v-prediction process the MSE is on v instead). The mean's gradient is stopped through L_vb (eps is detached there), so
 the MSE alone trains the mean, as in the paper.
 """
 
@@ -76,7 +76,7 @@ def training_losses(
     x_t = diffusion.q_sample(x_start, t, noise)
     out = model(x_t, diffusion.model_timesteps(t), **(model_kwargs or {}))
     c = x_start.shape[1]
-    mse = _mean_flat((out[:, :c].float() - noise) ** 2)
+    mse = _mean_flat((out[:, :c].float() - diffusion.training_target(x_start, t, noise)) ** 2)
     if out.shape[1] == 2 * c:
         # Stop the mean's gradient through the bound: only the variance learns from it.
         frozen = torch.cat([out[:, :c].detach(), out[:, c:]], dim=1).float()

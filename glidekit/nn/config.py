@@ -151,12 +151,15 @@ class DiffusionConfig:
     """The Gaussian diffusion a model was trained with and how it is sampled.
 
     ``timestep_respacing``: "" (all steps), "100", "fast27", "ddim50", "10,10,3,2,2", ...
+    ``prediction``: "eps" (every released model) or "v" (see
+    :class:`glidekit.diffusion.GaussianDiffusion`).
     """
 
     steps: int = 1000
     noise_schedule: str = "squaredcos_cap_v2"
     timestep_respacing: str = ""
     learn_sigma: bool = True
+    prediction: str = "eps"
 
     @classmethod
     def for_model(cls, config: UNetConfig, timestep_respacing: str = "") -> DiffusionConfig:

@@ -217,7 +217,9 @@ class LoadedModel:
         """The diffusion this model was trained with, respaced to ``respacing``."""
         dc = self.diffusion
         try:
-            return GaussianDiffusion.from_config(dc.noise_schedule, dc.steps, respacing)
+            return GaussianDiffusion.from_config(
+                dc.noise_schedule, dc.steps, respacing, prediction=dc.prediction
+            )
         except ValueError as exc:
             raise ValueError(f"{arg}: {exc}") from None
 

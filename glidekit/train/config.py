@@ -216,17 +216,21 @@ class DiffusionSection:
     timesteps drawn from ``[high_noise_start, steps)`` instead of uniformly (0 = uniform, as
     GLIDE); colour and layout are decided at the highest noise levels, which uniform sampling
     visits rarely. ``mse_weight_max``: > 1 weights the eps MSE by clamp(1/SNR(t), 1, max), an x0
-    loss at high noise where a plain eps loss barely rewards the right picture (1 = GLIDE)."""
+    loss at high noise where a plain eps loss barely rewards the right picture (1 = GLIDE).
+    ``prediction``: eps (GLIDE) or v, the model's output (see
+    :class:`glidekit.diffusion.GaussianDiffusion`); saved with the exported model."""
 
     steps: int = 1000
     noise_schedule: str = "auto"
     high_noise_fraction: float = 0.0
     high_noise_start: int = 900
     mse_weight_max: float = 1.0
+    prediction: str = "eps"
 
     def validate(self) -> None:
         _positive("diffusion.steps", self.steps)
         _choice("diffusion.noise_schedule", self.noise_schedule, SCHEDULES)
+        _choice("diffusion.prediction", self.prediction, ("eps", "v"))
         if not 0.0 <= float(self.high_noise_fraction) <= 1.0:
             raise ValueError(
                 f"diffusion.high_noise_fraction must be in [0, 1], got {self.high_noise_fraction}"

@@ -343,9 +343,14 @@ class Trainer:
         if schedule == "auto":
             schedule = "linear" if unet_cfg.super_res else "squaredcos_cap_v2"
         self.diffusion_config = DiffusionConfig(
-            steps=cfg.diffusion.steps, noise_schedule=schedule, learn_sigma=unet_cfg.learn_sigma
+            steps=cfg.diffusion.steps,
+            noise_schedule=schedule,
+            learn_sigma=unet_cfg.learn_sigma,
+            prediction=cfg.diffusion.prediction,
         )
-        self.diffusion = GaussianDiffusion.from_config(schedule, cfg.diffusion.steps)
+        self.diffusion = GaussianDiffusion.from_config(
+            schedule, cfg.diffusion.steps, prediction=cfg.diffusion.prediction
+        )
         self.unet_config = unet_cfg
         self.image_size = unet_cfg.image_size
         self.low_res_size = cfg.data.low_res_size or max(1, unet_cfg.image_size // 4)
@@ -642,8 +647,9 @@ class Trainer:
             model = ClassifierFreeGuidance(self.ema, s.guidance_scale)
         respacing = s.steps
         sampler = "ddim" if respacing.startswith("ddim") else s.sampler
+        dc = self.diffusion_config
         diffusion = GaussianDiffusion.from_config(
-            self.diffusion_config.noise_schedule, self.diffusion_config.steps, respacing
+            dc.noise_schedule, dc.steps, respacing, prediction=dc.prediction
         )
         denoised_fn = None
         if cfg.inpaint:
