@@ -541,6 +541,66 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], path: Path) -> str | None:
     return str(path)
 
 
+def plot_samplers(rows: Sequence[Mapping[str, Any]], path: Path) -> str | None:
+    """ "all attributes" agreement against steps, one line per sampler; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no plot written (pip install matplotlib)")
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for sampler in dict.fromkeys(r["sampler"] for r in rows):
+        mine = [r for r in rows if r["sampler"] == sampler]
+        ax.plot([r["count"] for r in mine], [r["agreement"]["all"] for r in mine], "-o",
+                label=sampler)  # fmt: skip
+    ax.set(xlabel="base steps", ylabel="all attributes agree", ylim=(0, 1.02), xscale="log",
+           title="Caption agreement against steps")  # fmt: skip
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+def section_samplers(args: argparse.Namespace) -> int:
+    """Agreement at the base resolution for every (sampler, step count): the same captions and
+    seeds in every cell, so the cells differ only by the sampler and its steps."""
+    pipe = Text2ImagePipeline(args.model, None, device=args.device, dtype=args.dtype)
+    guidance = (
+        args.guidance
+        if args.guidance is not None
+        else pipeline_default(Text2ImagePipeline, "guidance_scale")
+    )
+    captions = canonical_captions(args.n, args.seed)
+    rows: list[dict[str, Any]] = []
+    for sampler in args.samplers:
+        for count in args.counts:
+            steps = f"karras{count}" if sampler == "dpm++2m" and args.karras else str(count)
+            images, _, _, seconds = sample_batches(
+                pipe, captions, args.seed, args.batch, steps=steps, sampler=sampler,
+                guidance_scale=guidance, upsample=False,
+            )  # fmt: skip
+            tally = Tally()
+            tally.add_images(images, captions)
+            rows.append({"sampler": sampler, "steps": steps, "count": count,
+                         "seconds": seconds, "agreement": tally.summary()})  # fmt: skip
+            logger.info("samplers: %s %s -> all %.3f", sampler, steps, rows[-1]["agreement"]["all"])
+    settings = {"n": args.n, "seed": args.seed, "batch": args.batch, "guidance": guidance}
+    print(settings_line(settings) + "\n")
+    table = [[r["sampler"], r["steps"], *agreement_cells(r["agreement"]), fmt(r["seconds"], 1)]
+             for r in rows]  # fmt: skip
+    print(markdown_table(["sampler", "steps", *ATTRIBUTES, "all", "seconds"], table))
+    plot = plot_samplers(rows, args.plot)
+    if plot:
+        print(f"\nplot: {plot}")
+    write_json(args.json, {**run_info(args), **settings, "plot": plot, "results": rows})
+    return 0
+
+
 def section_guidance_sweep(args: argparse.Namespace) -> int:
     pipe = Text2ImagePipeline(args.model, None, device=args.device, dtype=args.dtype)
     base_kw = sampling_kwargs(args, Text2ImagePipeline)
@@ -1126,6 +1186,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(
         func=section_guidance_sweep, upsampler=None, upsample_steps=None, upsample_sampler=None
     )
+
+    p = add("samplers", "agreement against base steps for each sampler")
+    p.add_argument("--samplers", nargs="+", default=["ancestral", "ddim", "dpm++2m"])
+    p.add_argument(
+        "--counts", type=int, nargs="+", default=[10, 25, 50, 100], help="base step counts"
+    )
+    p.add_argument(
+        "--no-karras", dest="karras", action="store_false",
+        help="dpm++2m on evenly spaced steps instead of karrasN",
+    )  # fmt: skip
+    p.add_argument("--n", type=positive_int, default=200, help="captions (200)")
+    p.add_argument("--plot", type=Path, default=Path("samplers.png"), help="PNG plot path")
+    p.set_defaults(func=section_samplers, upsampler=None, upsample_steps=None,
+                   upsample_sampler=None)  # fmt: skip
 
     p = add("clip-vs-cfg", "classifier-free vs CLIP guidance at equal steps")
     p.add_argument(
