@@ -293,8 +293,15 @@ class Trainer:
                     f"{cfg.model.kind}; set model.kind: {base.kind}"
                 )
         elif init and is_bundle(init):
-            loaded, _, init_tokenizer = load_model(init)
+            loaded, init_diffusion, init_tokenizer = load_model(init)
             base = loaded.config
+            if init_diffusion.prediction != cfg.diffusion.prediction:
+                logger.warning(
+                    "model.init %s predicts %s but diffusion.prediction is %s: the fine-tune "
+                    "re-learns the output (set diffusion.prediction: %s to keep it)",
+                    init, init_diffusion.prediction, cfg.diffusion.prediction,
+                    init_diffusion.prediction,
+                )  # fmt: skip
             init_state = {k: v.float() for k, v in loaded.state_dict().items()}
             if INPAINT_FROM.get(base.kind) == cfg.model.kind:
                 init_state = add_inpaint_channels(init_state)
