@@ -30,3 +30,30 @@ def test_embedded_until_the_released_weights_are_cached(tmp_path, monkeypatch, c
     # Once the released base is in the cache, the whole cascade is the released one.
     (cache / "base.pt").write_bytes(b"x")
     assert default_source("base") == "base" and default_source("upsampler") == "upsample"
+
+
+def test_the_shipped_cascade_loads_and_runs(tmp_path, monkeypatch):
+    """The files in glidekit/models: small enough, strict loads, and the default pipelines
+    (no released checkpoint cached) run them end to end."""
+    from glidekit.nn.bundle import load_model
+    from glidekit.pipelines import InpaintPipeline, Text2ImagePipeline
+
+    monkeypatch.setenv("GLIDEKIT_CACHE", str(tmp_path / "empty-cache"))
+    files = {role: embedded.embedded_path(role) for role in embedded.ROLES}
+    assert files["base"] and files["upsampler"] and files["base_inpaint"], files
+    assert sum(f.stat().st_size for f in files.values() if f) <= 40 * 2**20
+    kinds = {}
+    for role, path in files.items():
+        if path is not None:
+            model, diffusion, tokenizer = load_model(path)  # strict
+            kinds[role] = (model.config.kind, model.config.image_size, diffusion.prediction)
+            assert tokenizer.n_vocab <= model.config.n_vocab
+    assert kinds["base"] == ("text2im", 32, "v")
+    assert kinds["upsampler"] == ("super_res", 128, "v")
+    assert kinds["base_inpaint"] == ("inpaint", 32, "v")
+
+    pipe = Text2ImagePipeline.from_pretrained(device="cpu")
+    result = pipe("a large red square at the center", steps=8, upsample_steps=4, seed=0)
+    assert result.images[0].size == (128, 128) and result.low_res[0].size == (32, 32)
+    inpaint = InpaintPipeline.from_pretrained(device="cpu")
+    assert inpaint.base.model.config.kind == "inpaint"
