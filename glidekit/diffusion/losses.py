@@ -1,8 +1,9 @@
 """The training objective of GLIDE's model family (Nichol & Dhariwal 2021, "hybrid" loss).
 
 loss = MSE(eps_pred, eps) + L_vb, where L_vb is the variational bound term that trains the
-learned-range variance (for a v-prediction process the MSE is on v instead). The mean's gradient is stopped through L_vb (eps is detached there), so
-the MSE alone trains the mean, as in the paper.
+learned-range variance (for a v-prediction process the MSE is on v instead). The mean's gradient
+is stopped through L_vb (eps is detached there), so the MSE alone trains the mean, as in the
+paper.
 """
 
 from __future__ import annotations

@@ -101,17 +101,17 @@ def load_model(
     diffusion = DiffusionConfig(**json.loads(meta["glidekit.diffusion"]))
     tokenizer = tokenizer_from_dict(json.loads(meta["glidekit.tokenizer"]))
     model = create_model(config, device="meta")
-    if dtype is not None and dtype != torch.float32:
+    cast = dtype is not None and dtype != torch.float32
+    if cast:  # each tensor is cast to its place's dtype as it is read
         model.convert_to_fp16(dtype)
-        want = {k: v.dtype for k, v in model.state_dict().items()}
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            state = {k: f.get_tensor(k).to(want.get(k, torch.float32)) for k in f.keys()}
-        model.load_state_dict(state, strict=True, assign=True)
-        return model.to(device).eval(), diffusion, tokenizer
+    want = {k: v.dtype for k, v in model.state_dict().items()} if cast else {}
     with safe_open(str(path), framework="pt", device=str(device)) as f:
-        state = {k: f.get_tensor(k) for k in f.keys()}
+        state = {k: f.get_tensor(k).to(want.get(k, torch.float32)) if cast else f.get_tensor(k)
+                 for k in f.keys()}  # fmt: skip
     model.load_state_dict(state, strict=True, assign=True)
     model.to(device)
+    if cast:
+        return model.eval(), diffusion, tokenizer
     # Weights may be stored in half precision; compute in float32 on CPU, half elsewhere.
     half = next(
         (v.dtype for v in state.values() if v.dtype in (torch.float16, torch.bfloat16)), None
