@@ -354,9 +354,9 @@ def test_truncated_recorded_file_is_refetched_never_loaded(
     reads: list[int] = []
     real_read = loading_mod.read_state_dict
 
-    def spy(p):
+    def spy(p, dtypes=None):
         reads.append(Path(p).stat().st_size)
-        return real_read(p)
+        return real_read(p, dtypes)
 
     monkeypatch.setattr(loading_mod, "read_state_dict", spy)
     with caplog.at_level(logging.WARNING):

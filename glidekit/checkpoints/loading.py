@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from glidekit.checkpoints import cache as _cache
 from glidekit.checkpoints.cache import Manifest, atomic_path, is_inside, sha256_file
@@ -31,16 +30,21 @@ from glidekit.checkpoints.errors import (
 )
 from glidekit.checkpoints.layout import Layout, check_layout, expected_layout, released_layout
 from glidekit.checkpoints.registry import CheckpointInfo, get_checkpoint, lookup
+from glidekit.tensorfile import read_header, read_tensors
 
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
 
 
-def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    path: PathLike, dtypes: Mapping[str, torch.dtype] | None = None
+) -> dict[str, torch.Tensor]:
     """Read a checkpoint file into CPU tensors, safely and without any checks of its layout.
 
-    ``.safetensors`` files are read with ``safetensors``; anything else with
+    ``.safetensors`` files are read one tensor at a time (:mod:`glidekit.tensorfile`), each
+    floating tensor named in ``dtypes`` cast as it is read (so a float32 file loads into a
+    bfloat16 model without a float32 copy of it in memory); anything else with
     ``torch.load(map_location="cpu", weights_only=True)`` (memory-mapped when the file is a zip
     archive). Raises :class:`UnsafeCheckpointError` for pickles holding anything but tensors and
     plain containers (never executing them), :class:`CorruptCheckpointError` for anything
@@ -49,10 +53,12 @@ def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     try:
         if path.name.endswith(".safetensors"):
-            obj: Any = load_file(str(path), device="cpu")
+            obj: Any = read_tensors(path, dtypes)
         else:
             mmap = zipfile.is_zipfile(path)  # memory-map the zip format; legacy files are read
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            if dtypes:
+                obj = _cast(obj, dtypes)
     except pickle.UnpicklingError as exc:
         if "weights only" in str(exc).lower() or "weights_only" in str(exc).lower():
             reason = str(exc).strip().splitlines()[0]
@@ -78,6 +84,18 @@ def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
+def _cast(obj: Any, dtypes: Mapping[str, torch.dtype]) -> Any:
+    """Cast the floating tensors of a plain state dict named in ``dtypes`` (others untouched)."""
+    if not isinstance(obj, Mapping):
+        return obj  # reported as "not a checkpoint" by the caller
+    return {
+        k: v.to(dtypes[k])
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and k in dtypes
+        else v
+        for k, v in obj.items()
+    }
+
+
 def _corrupt(path: Path, exc: BaseException) -> CorruptCheckpointError:
     return CorruptCheckpointError(
         f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}. The file is truncated or "
@@ -91,8 +109,7 @@ def read_layout(path: PathLike) -> Layout | None:
     if not path.name.endswith(".safetensors"):
         return None
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        return {k: e.shape for k, e in read_header(path).tensors.items()}
     except Exception as exc:  # unreadable header
         raise _corrupt(path, exc) from exc
 
@@ -113,8 +130,9 @@ def _load_checked(
     name: str | None,
     cache: Path,
     verify: bool | None,
+    dtypes: Mapping[str, torch.dtype] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Integrity check (manifest), layout check, then the tensors (CPU)."""
+    """Integrity check (manifest), layout check, then the tensors (CPU; cast per ``dtypes``)."""
     manifest = Manifest(cache)
     in_cache = is_inside(path, cache)
     entry = manifest.get(path)
@@ -149,7 +167,7 @@ def _load_checked(
     header = read_layout(path)
     if header is not None:
         check_layout(header, layout, file=path, name=name)
-    tensors = read_state_dict(path)
+    tensors = read_state_dict(path, dtypes)
     if header is None:
         check_layout({k: tuple(v.shape) for k, v in tensors.items()}, layout, file=path, name=name)
     if in_cache or verify is True or entry is not None:
@@ -185,6 +203,7 @@ def _load_released(
     verify: bool | None,
     prefer_safetensors: bool,
     fetch_kwargs: dict[str, Any],
+    dtypes: Mapping[str, torch.dtype] | None = None,
 ) -> tuple[Path, dict[str, torch.Tensor]]:
     """Load a released checkpoint; a corrupt or truncated cached file is deleted and fetched
     again once (unless offline)."""
@@ -193,7 +212,7 @@ def _load_released(
     )
     try:
         return path, _load_checked(
-            path, expected=expected, name=info.name, cache=cache, verify=verify
+            path, expected=expected, name=info.name, cache=cache, verify=verify, dtypes=dtypes
         )
     except CorruptCheckpointError as exc:
         if _cache.offline() or not is_inside(path, cache):
@@ -204,7 +223,9 @@ def _load_released(
     path = _released_source(
         info, cache, prefer_safetensors=prefer_safetensors, fetch_kwargs=fetch_kwargs
     )
-    return path, _load_checked(path, expected=expected, name=info.name, cache=cache, verify=verify)
+    return path, _load_checked(
+        path, expected=expected, name=info.name, cache=cache, verify=verify, dtypes=dtypes
+    )
 
 
 def load_state_dict(
@@ -218,6 +239,7 @@ def load_state_dict(
     progress: bool = True,
     url: str | None = None,
     prefer_safetensors: bool = True,
+    dtypes: Mapping[str, torch.dtype] | None = None,
     **fetch_kwargs: Any,
 ) -> dict[str, torch.Tensor]:
     """Load a checkpoint as a state dict, after checking it is intact and of the right layout.
@@ -242,6 +264,8 @@ def load_state_dict(
         url: download URL override for a released name.
         prefer_safetensors: for released names, use a converted ``<stem>.safetensors`` in the
             cache when present (and ``<stem>.fp16.safetensors`` when the ``.pt`` is not cached).
+        dtypes: ``{key: dtype}``: floating tensors named here are cast as they are read
+            (``.safetensors`` one tensor at a time: no full-precision copy is ever held).
         **fetch_kwargs: ``retries``, ``backoff``, ``timeout``, ``lock_timeout`` of :func:`fetch`.
 
     Raises:
@@ -257,11 +281,14 @@ def load_state_dict(
             verify=verify,
             prefer_safetensors=prefer_safetensors,
             fetch_kwargs={"progress": progress, "url": url, **fetch_kwargs},
+            dtypes=dtypes,
         )
     else:
         path = local_checkpoint_path(name_or_path, checkpoint)
         name = get_checkpoint(checkpoint).name if checkpoint else None
-        tensors = _load_checked(path, expected=expected, name=name, cache=cache, verify=verify)
+        tensors = _load_checked(
+            path, expected=expected, name=name, cache=cache, verify=verify, dtypes=dtypes
+        )
     if torch.device(device) != torch.device("cpu"):
         tensors = {k: v.to(device) for k, v in tensors.items()}
     return tensors
@@ -282,9 +309,12 @@ def load_into(
 
     The file's ``{key: shape}`` is checked against ``module.state_dict()`` first, so a wrong,
     truncated or unsafe file raises :class:`CheckpointError` and leaves the module untouched.
-    A module on the ``meta`` device gets the loaded tensors assigned (``assign=True``).
+    A module on the ``meta`` device gets the loaded tensors assigned (``assign=True``). Each
+    tensor is read straight into the dtype of the module's own entry (build the module on
+    ``meta`` in bfloat16 to load a float32 file into bfloat16 with no float32 copy in memory).
     Other arguments as in :func:`load_state_dict`.
     """
+    dtypes = {k: v.dtype for k, v in module.state_dict().items()}
     tensors = load_state_dict(
         name_or_path,
         checkpoint=checkpoint,
@@ -293,6 +323,7 @@ def load_into(
         verify=verify,
         progress=progress,
         url=url,
+        dtypes=dtypes,
         **fetch_kwargs,
     )
     assign = any(t.is_meta for t in module.state_dict().values())

@@ -14,12 +14,12 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from glidekit.fileio import atomic_path
 from glidekit.nn.config import DiffusionConfig, config_from_dict
 from glidekit.nn.unet import GlideUNet, create_model
+from glidekit.tensorfile import read_header, read_tensors
 from glidekit.tokenizer import GPT2Tokenizer, Tokenizer, tokenizer_from_dict, tokenizer_to_dict
 
 FORMAT = "glide-unet/1"
@@ -57,8 +57,7 @@ def save_model(
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
+    return read_header(path).metadata
 
 
 def is_bundle(path: str | os.PathLike) -> bool:
@@ -105,9 +104,7 @@ def load_model(
     if cast:  # each tensor is cast to its place's dtype as it is read
         model.convert_to_fp16(dtype)
     want = {k: v.dtype for k, v in model.state_dict().items()} if cast else {}
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
-        state = {k: f.get_tensor(k).to(want.get(k, torch.float32)) if cast else f.get_tensor(k)
-                 for k in f.keys()}  # fmt: skip
+    state = read_tensors(path, want)  # no memory map: only the cast copy stays resident
     model.load_state_dict(state, strict=True, assign=True)
     model.to(device)
     if cast:

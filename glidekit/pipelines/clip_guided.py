@@ -49,11 +49,10 @@ def _clip_file_metadata(source: Any) -> dict[str, str] | None:
     path = Path(source)
     if path.suffix != ".safetensors" or not path.is_file():
         return None
-    from safetensors import safe_open
+    from glidekit.tensorfile import read_header
 
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
+        return read_header(path).metadata
     except Exception:  # unreadable: load_into reports it properly
         return None
 
@@ -102,13 +101,10 @@ def load_clip_pair(sources: tuple[Any, Any], tokenizer: Any = None, cache_dir: A
     for (attr, released, arg), src, meta in zip(_TOWERS, sources, metas, strict=True):
         tower = getattr(model, attr)
         if meta is not None and meta.get("glidekit.format") == CLIP_FILE_FORMAT:
-            from safetensors import safe_open
+            from glidekit.tensorfile import iter_tensors
 
             prefix = f"{attr}."
-            with safe_open(str(src), framework="pt") as f:
-                state = {
-                    k[len(prefix) :]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)
-                }
+            state = {k[len(prefix) :]: v for k, v in iter_tensors(src) if k.startswith(prefix)}
             try:
                 tower.load_state_dict(state, strict=True)
             except RuntimeError as exc:

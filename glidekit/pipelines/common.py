@@ -316,7 +316,7 @@ class ModelSlot:
         from glidekit.checkpoints.registry import lookup
 
         if isinstance(src, str) and lookup(src) is not None:
-            return _load_released(lookup(src).name, self.cache_dir)  # type: ignore[union-attr]
+            return _load_released(lookup(src).name, self.cache_dir, dtype)  # type: ignore[union-attr]
         path = Path(src).expanduser()
         if not path.exists():
             from glidekit.checkpoints import CHECKPOINTS
@@ -329,29 +329,35 @@ class ModelSlot:
 
         if is_bundle(path):  # read straight into the compute dtype: no float32 copy in memory
             return load_model(path, device="cpu", dtype=None if dtype == torch.float32 else dtype)
-        return _load_local_checkpoint(path, ROLE_CHECKPOINT.get(self.role, "base"))
+        return _load_local_checkpoint(path, ROLE_CHECKPOINT.get(self.role, "base"), dtype)
 
 
-def _load_released(name: str, cache_dir: str | os.PathLike | None):
-    from glidekit.checkpoints import load_into
+def _meta_model(name: str, dtype: torch.dtype) -> GlideUNet:
+    """The released ``name``'s model on the meta device, in ``dtype``'s precision layout, so
+    that loading reads each tensor straight into its final dtype (no float32 copy)."""
     from glidekit.nn.config import RELEASED_CONFIGS
     from glidekit.nn.unet import create_model
 
-    config = RELEASED_CONFIGS[name]
-    model = create_model(config, device="meta")
+    model = create_model(RELEASED_CONFIGS[name], device="meta")
+    if dtype != torch.float32:
+        model.convert_to_fp16(dtype)
+    return model
+
+
+def _load_released(name: str, cache_dir: str | os.PathLike | None, dtype: torch.dtype):
+    from glidekit.checkpoints import load_into
+
+    model = _meta_model(name, dtype)
     load_into(model, name, cache_dir=cache_dir)
-    return model, DiffusionConfig.for_model(config), GPT2Tokenizer(config.text_ctx)
+    return model, DiffusionConfig.for_model(model.config), GPT2Tokenizer(model.config.text_ctx)
 
 
-def _load_local_checkpoint(path: Path, checkpoint: str):
+def _load_local_checkpoint(path: Path, checkpoint: str, dtype: torch.dtype):
     from glidekit.checkpoints import load_into
-    from glidekit.nn.config import RELEASED_CONFIGS
-    from glidekit.nn.unet import create_model
 
-    config = RELEASED_CONFIGS[checkpoint]
-    model = create_model(config, device="meta")
+    model = _meta_model(checkpoint, dtype)
     load_into(model, path, checkpoint=checkpoint)
-    return model, DiffusionConfig.for_model(config), GPT2Tokenizer(config.text_ctx)
+    return model, DiffusionConfig.for_model(model.config), GPT2Tokenizer(model.config.text_ctx)
 
 
 _DEFAULT_NAMES = {

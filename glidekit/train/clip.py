@@ -22,13 +22,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from glidekit.clip import CLIPConfig, NoisedCLIP
 from glidekit.data import ShapesTokenizer
 from glidekit.fileio import atomic_path
+from glidekit.tensorfile import read_header, read_tensors
 
 CLIP_FORMAT = "glide-clip/1"
 
@@ -122,11 +122,10 @@ def load_clip(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CLIP file {str(path)!r} does not exist")
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
-        meta = f.metadata() or {}
-        if meta.get("glidekit.format") != CLIP_FORMAT:
-            raise ValueError(f"{str(path)!r} is not a glidekit CLIP file ({CLIP_FORMAT})")
-        state = {k: f.get_tensor(k) for k in f.keys()}
+    meta = read_header(path).metadata
+    if meta.get("glidekit.format") != CLIP_FORMAT:
+        raise ValueError(f"{str(path)!r} is not a glidekit CLIP file ({CLIP_FORMAT})")
+    state = {k: v.to(device) for k, v in read_tensors(path).items()}
     config = CLIPConfig.from_dict(json.loads(meta["glidekit.clip_config"]))
     clip = NoisedCLIP(config, device="meta")
     clip.load_state_dict(state, strict=True, assign=True)
