@@ -113,6 +113,30 @@ def test_from_pretrained_paths_load_lazily_and_once(bundles, monkeypatch):
     assert r1.params["upsampler"] == str(bundles["upsample"].absolute())
 
 
+def test_low_memory_holds_one_model_at_a_time_and_gives_the_same_images(bundles, monkeypatch):
+    import glidekit.nn.bundle as bundle_mod
+
+    pipe = Text2ImagePipeline(bundles["base"], bundles["upsample"], device="cpu", low_memory=True)
+    loads, resident = [], []
+    real = bundle_mod.load_model
+
+    def spy(*a, **k):
+        resident.append([s.loaded for s in (pipe.base_slot, pipe.upsampler_slot)])
+        loads.append(a[0])
+        return real(*a, **k)
+
+    monkeypatch.setattr(bundle_mod, "load_model", spy)
+    low = pipe("a red circle", seed=3, **FAST)
+    assert [Path(p).name for p in loads] == [bundles["base"].name, bundles["upsample"].name]
+    assert resident == [[False, False], [False, False]]  # the base went before the upsampler came
+    assert pipe.upsampler_slot.loaded and not pipe.base_slot.loaded
+    plain = Text2ImagePipeline(bundles["base"], bundles["upsample"], device="cpu")
+    want = plain("a red circle", seed=3, **FAST)
+    assert np.array_equal(np.asarray(low.images[0]), np.asarray(want.images[0]))
+    with pytest.raises(TypeError, match="low_memory"):
+        Text2ImagePipeline(bundles["base"], device="cpu", low_memory="yes")
+
+
 def test_built_models_and_tuples(bundles):
     from glidekit.nn.bundle import load_model
 

@@ -272,6 +272,12 @@ class ModelSlot:
     def loaded(self) -> bool:
         return self._loaded is not None
 
+    def release(self) -> None:
+        """Drop the loaded model (the next :meth:`get` loads it again)."""
+        if self._loaded is not None:
+            logger.debug("releasing %s model %s", self.role, self.label)
+            self._loaded = None
+
     def get(self, device: torch.device, dtype: torch.dtype) -> LoadedModel:
         if self._loaded is None:
             try:

@@ -83,6 +83,8 @@ class GlidePipeline:
     a ``(model, DiffusionConfig, tokenizer)`` tuple); ``upsampler=None`` stops at the base
     resolution. ``device``: "auto" (cuda, then mps, then cpu) or a torch device. ``dtype``:
     "auto" (fp16 on GPUs, fp32 on CPU), "fp32", "fp16" or "bf16". Models load on first use.
+    ``low_memory``: hold one model at a time (each stage loads its model and releases the
+    other), so the peak is the larger model, not both; every call then loads its models again.
     """
 
     pipeline_name: ClassVar[str] = "glide"
@@ -97,7 +99,11 @@ class GlidePipeline:
         device: str | torch.device | None = "auto",
         dtype: str | torch.dtype | None = "auto",
         cache_dir: str | os.PathLike | None = None,
+        low_memory: bool = False,
     ) -> None:
+        if not isinstance(low_memory, bool):
+            raise TypeError(f"low_memory must be True or False, got {low_memory!r}")
+        self.low_memory = low_memory
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         if self.base_role is not None and base is None:
@@ -136,7 +142,7 @@ class GlidePipeline:
     def base(self) -> LoadedModel:
         if self.base_slot is None:
             raise ValueError(f"{self.pipeline_name}: this pipeline has no base model")
-        lm = self.base_slot.get(self.device, self.dtype)
+        lm = self._hold(self.base_slot)
         if lm.model.config.super_res:
             raise ValueError(
                 f"base: {lm.label} is a super-resolution model ({lm.model.config.kind}); "
@@ -148,12 +154,20 @@ class GlidePipeline:
     def upsampler(self) -> LoadedModel | None:
         if self.upsampler_slot is None:
             return None
-        lm = self.upsampler_slot.get(self.device, self.dtype)
+        lm = self._hold(self.upsampler_slot)
         if not lm.model.config.super_res:
             raise ValueError(
                 f"upsampler: {lm.label} is not a super-resolution model ({lm.model.config.kind})"
             )
         return lm
+
+    def _hold(self, slot: ModelSlot) -> LoadedModel:
+        """``slot``'s model, loaded; with ``low_memory`` the other models are released first."""
+        if self.low_memory:
+            for other in (self.base_slot, self.upsampler_slot):
+                if other is not None and other is not slot:
+                    other.release()
+        return slot.get(self.device, self.dtype)
 
     def _generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)
@@ -269,9 +283,10 @@ class GlidePipeline:
         up_prefix: str = "upsample_",
         **params: Any,
     ) -> PipelineResult:
-        # Load the models and check both stages' step spellings before sampling anything.
+        # Load the models and check both stages' step spellings before sampling anything
+        # (low_memory: the upsampler is loaded, and checked, once the base has been released).
         base = self.base if base_stage is not None else None
-        up = self.upsampler if up_stage is not None else None
+        up = self.upsampler if up_stage is not None and not self.low_memory else None
         if base is not None and base_stage is not None:
             base.process(base_stage.steps, "steps")
         if up is not None and up_stage is not None:
@@ -280,6 +295,11 @@ class GlidePipeline:
         low = None
         if base is not None and base_stage is not None:
             low = self._stage(base, prompts, base_stage, generator, progress, callback=callback)
+        del base  # low_memory: the slot's reference is the last one
+        if up_stage is not None and self.low_memory:
+            up = self.upsampler
+            if up is not None:
+                up.process(up_stage.steps, f"{up_prefix}steps")
         final = low
         if up is not None and up_stage is not None:
             if up_stage.low_res is None:
