@@ -2,7 +2,7 @@
 """The end-to-end text-to-image cascade on CPU (full-size base + upsampler), and bf16 faithfulness.
 
     python benchmarks/bench_cascade.py [--workdir DIR] [--json out.json] [--threads N]
-        [--presets official official-steps-bf16 fast] [--prompt TEXT] [--seed N]
+        [--presets official official-steps-bf16 fast fast-low-memory] [--prompt TEXT] [--seed N]
     python benchmarks/bench_cascade.py --tiny     # small models, few steps: a smoke test
 
 The full run takes about 8 minutes on a quiet 2-core CPU (steps x the forward costs in
@@ -26,6 +26,9 @@ resident memory, ``ru_maxrss``, is its own; the parent process never imports tor
   notebook (whose upsampler loop is ``ddim_sample_loop``) and the pipeline's defaults.
 * ``official-steps-bf16``: the same steps, ``dtype="bf16"``.
 * ``fast``: bf16, dpm++2m with "karras25" for the base, dpm++2m with 10 upsampler steps.
+* ``fast-low-memory``: ``fast`` with ``low_memory=True`` (``glidekit generate --low-memory``):
+  one model resident at a time, so the base is released before the upsampler loads; its time
+  includes loading the upsampler.
 
 Each subprocess loads the models (timed, reported apart), times ``../shared/bench/calibrate.py``
 right before the run, runs the whole cascade through :class:`Text2ImagePipeline` (tokenizing and
@@ -83,6 +86,7 @@ class Preset:
     upsample_sampler: str
     target_s: float | None  # at the reference calibrate
     target_note: str
+    low_memory: bool = False  # one model resident at a time (the upsampler loads in the run)
 
 
 PRESETS: dict[str, Preset] = {
@@ -93,6 +97,8 @@ PRESETS: dict[str, Preset] = {
         Preset("official-steps-bf16", "bf16", "100", "ancestral", "fast27", "ddim", 90.0,
                "<= 90 s"),
         Preset("fast", "bf16", "karras25", "dpm++2m", "10", "dpm++2m", 25.0, "<= 25 s"),
+        Preset("fast-low-memory", "bf16", "karras25", "dpm++2m", "10", "dpm++2m", 25.0,
+               "<= 25 s", low_memory=True),
     )
 }  # fmt: skip
 # --tiny: the same presets with very few steps.
@@ -100,6 +106,7 @@ TINY_STEPS: dict[str, tuple[str, str]] = {
     "official": ("6", "4"),
     "official-steps-bf16": ("6", "4"),
     "fast": ("karras4", "3"),
+    "fast-low-memory": ("karras4", "3"),
 }
 GUIDANCE_SCALE = 3.0
 UPSAMPLE_TEMP = 0.997
@@ -227,9 +234,16 @@ def worker_run(args: argparse.Namespace) -> dict[str, Any]:
             generators.append(generator)
             return generator
 
-    pipe = Pipeline(paths["base"], paths["upsample"], device="cpu", dtype=preset.dtype)
+    pipe = Pipeline(
+        paths["base"], paths["upsample"], device="cpu", dtype=preset.dtype,
+        low_memory=preset.low_memory,
+    )  # fmt: skip
     start = time.perf_counter()
-    _ = pipe.base, pipe.upsampler  # load (and convert to bf16) before timing the cascade
+    # Load (and convert to bf16) before timing the cascade; low_memory: the upsampler loads
+    # (timed) after the base has run and been released.
+    slots = [pipe.base_slot] if preset.low_memory else [pipe.base_slot, pipe.upsampler_slot]
+    for slot in slots:
+        slot.get(pipe.device, pipe.dtype)
     load_s = time.perf_counter() - start
     rss_after_load = _rss_now_mb()
 
@@ -283,6 +297,7 @@ def worker_run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "preset": preset.name,
         "dtype": preset.dtype,
+        "low_memory": preset.low_memory,
         "steps": steps,
         "sampler": preset.sampler,
         "upsample_steps": up_steps,
@@ -422,7 +437,8 @@ def report(rows: list[dict[str, Any]], tiny: bool) -> str:
             if r["preset"] == "official-steps-bf16":
                 final += " (met)" if cmp_["final_mad"] <= CRITERION_MAD else " (not met: <= 2)"
         lines.append(
-            f"| {r['preset']} ({r['dtype']}; {r['sampler']} {r['steps']} + "
+            f"| {r['preset']} ({r['dtype']}{'; low_memory' if r.get('low_memory') else ''}; "
+            f"{r['sampler']} {r['steps']} + "
             f"{r['upsample_sampler']} {r['upsample_steps']}) | {r['seconds']:.1f} "
             f"({r['base_seconds']:.1f} + {r['upsampler_seconds']:.1f}) | "
             f"{_fmt(r['ratio'], '.1f')} | {_fmt(ref_s, '.1f')}{met} | {target.target_note} | "

@@ -7,11 +7,14 @@ these pieces into the two-stage (base, then upsampler) sampling that every pipel
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import gc
 import logging
 import math
 import os
 import secrets
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,18 @@ from glidekit.nn.unet import GlideUNet
 from glidekit.tokenizer import GPT2Tokenizer, Tokenizer
 
 logger = logging.getLogger(__name__)
+
+
+def _trim_heap() -> None:
+    """Hand freed heap memory back to the OS (glibc keeps freed model weights otherwise, and the
+    next model's load would add to the resident size instead of reusing them)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to do
+        pass
+
 
 # --------------------------------------------------------------------------- devices and dtypes
 
@@ -277,6 +292,8 @@ class ModelSlot:
         if self._loaded is not None:
             logger.debug("releasing %s model %s", self.role, self.label)
             self._loaded = None
+            gc.collect()
+            _trim_heap()
 
     def get(self, device: torch.device, dtype: torch.dtype) -> LoadedModel:
         if self._loaded is None:
