@@ -14,6 +14,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from glidekit.errors import VocabularyUnavailableError
+
 logger = logging.getLogger(__name__)
 
 
@@ -69,7 +71,16 @@ class GPT2Tokenizer:
         if self._encoding is None:
             import tiktoken
 
-            self._encoding = tiktoken.get_encoding("gpt2")
+            try:
+                self._encoding = tiktoken.get_encoding("gpt2")
+            except Exception as exc:  # no network and no cached vocabulary, most likely
+                raise VocabularyUnavailableError(
+                    "GPT-2 tokenizer: tiktoken could not load its 'gpt2' vocabulary "
+                    f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). It downloads it "
+                    "once on first use; offline, set TIKTOKEN_CACHE_DIR to a folder holding "
+                    "tiktoken's cached vocabulary files (the released models need it; the "
+                    "embedded shapes models do not)."
+                ) from exc
         return self._encoding
 
     @property

@@ -5,6 +5,7 @@ import pytest
 import torch
 from conftest import REFERENCE
 
+from glidekit.errors import VocabularyUnavailableError
 from glidekit.tokenizer import GPT2Tokenizer, Tokenizer, padded_tokens_and_mask, tokenize_batch
 
 GOLDEN = json.loads((REFERENCE / "tokenizer_golden.json").read_text())
@@ -59,3 +60,15 @@ def test_long_prompt_truncated_with_warning(tok, caplog):
         tokens, mask = tokenize_batch(tok, ["corgi " * 300], 128)
     assert tokens.shape == (1, 128) and bool(mask.all())
     assert "truncated" in caplog.text
+
+
+def test_missing_vocabulary_is_a_clear_error(monkeypatch):
+    import tiktoken
+
+    def offline(name):
+        raise ConnectionError(f"Failed to resolve host for {name}'s vocab.bpe")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", offline)
+    with pytest.raises(VocabularyUnavailableError, match="TIKTOKEN_CACHE_DIR") as info:
+        GPT2Tokenizer().encode("a corgi")
+    assert "ConnectionError" in str(info.value)

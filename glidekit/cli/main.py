@@ -13,6 +13,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from glidekit.errors import VocabularyUnavailableError
+
 # Sub-command modules, imported lazily so ``glidekit --help`` stays fast.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "glidekit.cli.checkpoints",
@@ -60,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ValueError, TypeError, FileNotFoundError) as exc:
         print(f"glidekit {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except VocabularyUnavailableError as exc:  # the machine, not the input: exit code 1
+        print(f"glidekit {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
