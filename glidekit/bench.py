@@ -39,6 +39,13 @@ class ForwardResult:
     calibrate_seconds: float | None
     ratio: float | None
     peak_rss_mb: float
+    compiled: bool = False
+    compile_seconds: float | None = None  # the first (compiling) forward, with compile=True
+
+    @property
+    def steps_per_second(self) -> float:
+        """Sampler steps per second: one step is one forward of this batch."""
+        return 1.0 / self.seconds
 
 
 def find_calibrate() -> Callable[[int], float] | None:
@@ -88,8 +95,10 @@ def forward_cost(
     rounds: int = 3,
     device: str | torch.device = "cpu",
     calibrate: Callable[[int], float] | None = None,
+    compile: bool = False,
 ) -> ForwardResult:
-    """Median seconds of one forward of the released config ``name`` (text already encoded)."""
+    """Median seconds of one forward of the released config ``name`` (text already encoded);
+    ``compile``: through ``torch.compile``, the first (compiling) forward timed apart."""
     config = RELEASED_CONFIGS[name]
     default_batch, default_size = DEFAULT_CASES.get(name, (1, config.image_size))
     batch, size = batch or default_batch, size or default_size
@@ -113,8 +122,12 @@ def forward_cost(
     times, cals = [], []
     with torch.inference_mode():
         text = model.encode_text(tokens, mask)
-        model(x, t, text=text, **kwargs)  # warm-up; fills the per-layer text k/v cache
+        if compile:
+            model.compile()
+        start = time.perf_counter()
+        model(x, t, text=text, **kwargs)  # warm-up (compiles); fills the per-layer text k/v cache
         sync()
+        compile_s = time.perf_counter() - start if compile else None
         for _ in range(rounds):
             if calibrate is not None:
                 cals.append(calibrate(3))
@@ -134,8 +147,10 @@ def forward_cost(
         calibrate_seconds=cal,
         ratio=ratio,
         peak_rss_mb=peak_rss_mb(),
+        compiled=compile,
+        compile_seconds=compile_s,
     )
 
 
 def as_dict(result: ForwardResult) -> dict:
-    return asdict(result)
+    return {**asdict(result), "steps_per_second": result.steps_per_second}

@@ -42,11 +42,14 @@ def test_bench_json_with_calibrate_ratio(tiny_configs, capsys):
             r["seconds"] / r["calibrate_seconds"], rel=1
         )
         assert r["peak_rss_mb"] > 0
+        assert r["steps_per_second"] == pytest.approx(1 / r["seconds"])
+        assert r["compiled"] is False and r["compile_seconds"] is None
 
 
 def test_bench_table_and_bad_input(tiny_configs, capsys):
     assert main(["bench", "--models", "base", "--dtypes", "fp32", "--rounds", "1"]) == 0
-    assert "base" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "base" in out and "steps/s" in out and "peak MB" in out
     assert main(["bench", "--rounds", "0"]) == 2
     assert "--rounds" in capsys.readouterr().err
     assert main(["bench", "--dtypes", "fp16"]) == 2

@@ -113,6 +113,21 @@ def test_from_pretrained_paths_load_lazily_and_once(bundles, monkeypatch):
     assert r1.params["upsampler"] == str(bundles["upsample"].absolute())
 
 
+def test_compile_runs_the_compiled_model_and_matches_eager(bundles):
+    # One real torch.compile (inductor, C++ on the CPU): about a minute on 2 cores.
+    compiled = Text2ImagePipeline(bundles["base"], None, device="cpu", compile=True)
+    eager = Text2ImagePipeline(bundles["base"], None, device="cpu")
+    got = compiled("a red circle", seed=5, steps="ddim3")
+    want = eager("a red circle", seed=5, steps="ddim3")
+    model = compiled.base.model
+    assert model._compiled_call_impl is not None  # nn.Module.compile() took
+    assert eager.base.model._compiled_call_impl is None
+    diff = np.abs(np.asarray(got.images[0], np.int16) - np.asarray(want.images[0], np.int16))
+    assert diff.max() <= 2, diff.max()  # fused kernels round differently, by a hair
+    with pytest.raises(TypeError, match="compile"):
+        Text2ImagePipeline(bundles["base"], device="cpu", compile=1)
+
+
 def test_low_memory_holds_one_model_at_a_time_and_gives_the_same_images(bundles, monkeypatch):
     import glidekit.nn.bundle as bundle_mod
 

@@ -22,6 +22,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
     p.add_argument("--rounds", type=int, default=3, help="timed forwards per case (median)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="time the torch.compile'd forward (its compile time is reported apart)",
+    )
     p.add_argument("--json", action="store_true", help="print machine-readable results")
     p.set_defaults(func=_bench)
 
@@ -47,17 +52,28 @@ def _bench(args: argparse.Namespace) -> int:
                         rounds=args.rounds,
                         device=args.device,
                         calibrate=calibrate,
+                        compile=args.compile,
                     )
                 )
             )
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"{'model':<18}{'dtype':<10}{'batch':>6}{'px':>6}{'seconds':>10}{'ratio':>8}")
+    print(
+        f"{'model':<18}{'dtype':<10}{'batch':>6}{'px':>6}{'seconds':>10}{'steps/s':>9}"
+        f"{'calibrate s':>12}{'ratio':>8}{'peak MB':>9}{'compile s':>11}"
+    )
     for r in rows:
-        ratio = f"{r['ratio']:.2f}" if r["ratio"] is not None else "-"
         print(
             f"{r['model']:<18}{r['dtype']:<10}{r['batch']:>6}{r['size']:>6}"
-            f"{r['seconds']:>10.3f}{ratio:>8}"
+            f"{r['seconds']:>10.3f}{r['steps_per_second']:>9.2f}"
+            f"{_opt(r['calibrate_seconds'], '.3f'):>12}{_opt(r['ratio'], '.2f'):>8}"
+            f"{r['peak_rss_mb']:>9.0f}{_opt(r['compile_seconds'], '.1f'):>11}"
         )
+    if calibrate is None and args.device == "cpu":
+        print("(no calibrate.py found: set GLIDEKIT_CALIBRATE to ../shared/bench/calibrate.py)")
     return 0
+
+
+def _opt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)

@@ -101,6 +101,11 @@ def _common(p: argparse.ArgumentParser, *, guidance: bool = True, upsample: bool
         action="store_true",
         help="hold one model at a time (peak memory of the larger model, not both)",
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the models (the first step compiles: minutes on a CPU)",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -251,6 +256,7 @@ def _pipeline(cls, args: argparse.Namespace, base_default: Any, up_default: Any,
 
     kwargs = {"device": args.device, "dtype": args.dtype, "cache_dir": args.cache_dir, **extra}
     kwargs["low_memory"] = bool(getattr(args, "low_memory", False))
+    kwargs["compile"] = bool(getattr(args, "compile", False))
     up = getattr(args, "upsampler", None) or (default_source(up_default) if up_default else None)
     if getattr(args, "no_upsample", False):
         up = None

@@ -282,6 +282,7 @@ class ModelSlot:
         self.cache_dir = cache_dir
         self.label = source_label(source)
         self._loaded: LoadedModel | None = None
+        self._compiled = False
 
     @property
     def loaded(self) -> bool:
@@ -292,10 +293,24 @@ class ModelSlot:
         if self._loaded is not None:
             logger.debug("releasing %s model %s", self.role, self.label)
             self._loaded = None
+            self._compiled = False
             gc.collect()
             _trim_heap()
 
-    def get(self, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    def get(self, device: torch.device, dtype: torch.dtype, compile: bool = False) -> LoadedModel:
+        """The model, loaded on first use on ``device`` in ``dtype``; ``compile``: wrap its
+        forward in ``torch.compile`` (once; the first step then compiles, which takes minutes)."""
+        lm = self._load(device, dtype)
+        if compile and not self._compiled:
+            logger.info(
+                "%s: torch.compile is on; the first step compiles the model (minutes on a CPU)",
+                self.role,
+            )
+            lm.model.compile()
+            self._compiled = True
+        return lm
+
+    def _load(self, device: torch.device, dtype: torch.dtype) -> LoadedModel:
         if self._loaded is None:
             try:
                 model, dc, tokenizer = self._build(device, dtype)

@@ -85,6 +85,8 @@ class GlidePipeline:
     "auto" (fp16 on GPUs, fp32 on CPU), "fp32", "fp16" or "bf16". Models load on first use.
     ``low_memory``: hold one model at a time (each stage loads its model and releases the
     other), so the peak is the larger model, not both; every call then loads its models again.
+    ``compile``: run the UNets through ``torch.compile`` (the first step of each stage, and of
+    each new batch size, compiles: minutes on a CPU; later steps run the compiled code).
     """
 
     pipeline_name: ClassVar[str] = "glide"
@@ -100,10 +102,13 @@ class GlidePipeline:
         dtype: str | torch.dtype | None = "auto",
         cache_dir: str | os.PathLike | None = None,
         low_memory: bool = False,
+        compile: bool = False,
     ) -> None:
-        if not isinstance(low_memory, bool):
-            raise TypeError(f"low_memory must be True or False, got {low_memory!r}")
+        for name, flag in (("low_memory", low_memory), ("compile", compile)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
         self.low_memory = low_memory
+        self.compile = compile
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         if self.base_role is not None and base is None:
@@ -167,7 +172,7 @@ class GlidePipeline:
             for other in (self.base_slot, self.upsampler_slot):
                 if other is not None and other is not slot:
                     other.release()
-        return slot.get(self.device, self.dtype)
+        return slot.get(self.device, self.dtype, compile=self.compile)
 
     def _generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)
