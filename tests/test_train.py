@@ -246,6 +246,24 @@ def test_resume_is_bit_exact(tmp_path: Path, data_kind: str) -> None:
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_export_only_writes_the_checkpoints_ema(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path / "run", train={"steps": 10})
+    first = train(load_config(cfg), stop_at=2)
+    assert first.stopped and first.export is None
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg))
+    err = io.StringIO()
+    with redirect_stderr(err):
+        assert main(["train", str(path), "--export-only"]) == 2
+    assert "--export-only needs --resume" in err.getvalue()
+    assert main(["train", str(path), "--export-only", "--resume"]) == 0
+    model, _, _ = load_model(tmp_path / "run" / "export.safetensors")
+    ema = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["ema"]
+    for k, v in model.state_dict().items():
+        assert torch.allclose(v, ema[k].float(), rtol=1e-3, atol=1e-3), k  # fp16 export
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 2  # not trained on
+
+
 def test_resume_refuses_other_architecture(tmp_path: Path) -> None:
     cfg = tiny_config(tmp_path / "r", train={"steps": 1})
     train(load_config(cfg))

@@ -44,6 +44,12 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--print-config", action="store_true", help="print the resolved config as YAML and exit"
     )
+    p.add_argument(
+        "--export-only",
+        action="store_true",
+        help="write the checkpoint's EMA weights as a model file (export.path) and exit, "
+        "without training; with --resume (train.out_dir's checkpoint) or --resume-from",
+    )
     p.set_defaults(func=_train)
 
 
@@ -63,9 +69,16 @@ def _train(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", "0") or 0)
     if rank != 0:  # only rank 0 logs progress
         logging.getLogger("glidekit").setLevel(logging.WARNING)
-    from glidekit.train.trainer import train
+    from glidekit.train.trainer import Trainer, train
 
     resume: bool | str = args.resume_from if args.resume_from else bool(args.resume)
+    if args.export_only:
+        if not resume:
+            raise UsageError("--export-only needs --resume or --resume-from CHECKPOINT")
+        trainer = Trainer(config, resume=resume)
+        path = trainer.export()
+        logger.info("step %d exported to %s", trainer.step, path)
+        return 0
     result = train(config, resume=resume)
     if result.stopped:
         logger.info("stopped at step %d; resume with --resume", result.step)
