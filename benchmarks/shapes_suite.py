@@ -87,6 +87,7 @@ from glidekit.data.shapes import (
     COLORS,
     PALETTE,
     POSITIONS,
+    QUADRANTS,
     SHAPES,
     SIZES,
     UNKNOWN,
@@ -95,6 +96,7 @@ from glidekit.data.shapes import (
     check,
     judge,
     parse_caption,
+    quadrant_box,
     random_scene,
     render,
 )
@@ -117,7 +119,6 @@ ATTRIBUTE_VALUES: dict[str, tuple[str, ...]] = {
     "position": POSITIONS,
     "background": COLORS,
 }
-QUADRANTS: tuple[str, ...] = ("top left", "top right", "bottom left", "bottom right")
 #: Attributes the diversity captions state, in turn (the others are left open).
 DIVERSITY_PATTERNS: tuple[tuple[str, ...], ...] = (
     ("shape",),
@@ -788,13 +789,6 @@ class InpaintCase:
         out = self.source.copy()
         out.paste(render(self.target_scene, size).crop(self.box), self.box)
         return out
-
-
-def quadrant_box(position: str, size: int) -> tuple[int, int, int, int]:
-    half = size // 2
-    x0 = half if "right" in position else 0
-    y0 = half if "bottom" in position else 0
-    return (x0, y0, x0 + half, y0 + half)
 
 
 def inpaint_case(seed: int, index: int, size: int) -> InpaintCase:

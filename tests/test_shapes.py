@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from glidekit.data.shapes import (
@@ -15,6 +16,7 @@ from glidekit.data.shapes import (
     COLORS,
     PALETTE,
     POSITIONS,
+    QUADRANTS,
     SHAPES,
     SHAPES_WORDS,
     SIZES,
@@ -27,8 +29,10 @@ from glidekit.data.shapes import (
     caption,
     check,
     generate,
+    inpaint_scene,
     judge,
     parse_caption,
+    quadrant_box,
     random_scene,
     render,
 )
@@ -209,3 +213,38 @@ def test_shapes_datasets() -> None:
     assert len({tuple(im.flatten().tolist()) for im in images}) > 5  # workers differ
     infinite = iter(ShapesIterableDataset(image_size=16, seed=0))
     assert all(next(infinite)["image"].shape == (3, 16, 16) for _ in range(5))
+
+
+def test_inpaint_scene_puts_the_target_in_its_quadrant_and_the_distractor_elsewhere():
+    size = 32
+    for i in range(40):
+        image, target, box = inpaint_scene(random.Random(i), size, distractor_prob=0.5)
+        assert target.position in QUADRANTS and box == quadrant_box(target.position, size)
+        canvas = Image.new("RGB", (size, size), PALETTE[target.background])
+        canvas.paste(image.crop(box), box)
+        assert check(canvas, canonical_caption(target)) == dict.fromkeys(
+            ("size", "color", "shape", "position", "background"), True
+        )
+        outside = np.asarray(image).copy()
+        outside[box[1] : box[3], box[0] : box[2]] = PALETTE[target.background]
+        has_other = (outside != PALETTE[target.background]).any()
+        if has_other:  # the distractor: judged as an object in another quadrant
+            other = judge(Image.fromarray(outside))
+            assert other.position in QUADRANTS and other.position != target.position
+
+
+def test_dataset_inpaint_items_carry_their_mask_and_plain_ones_are_unchanged():
+    plain = ShapesDataset(20, 32, seed=4)
+    same = ShapesDataset(20, 32, seed=4, inpaint_prob=0.0)
+    assert all(torch.equal(plain[i]["image"], same[i]["image"]) for i in range(20))
+    data = ShapesDataset(20, 32, seed=4, inpaint_prob=1.0, canonical=True)
+    for i in range(20):
+        item = data[i]
+        keep = item["inpaint_keep"]
+        assert keep.shape == (1, 32, 32) and keep.mean() == 0.75  # one quadrant to repaint
+        hole = (keep[0] == 0).nonzero()
+        y0, x0 = hole.min(0).values.tolist()
+        pos = ("bottom" if y0 else "top") + " " + ("right" if x0 else "left")
+        assert pos in item["caption"]  # the caption describes what is in the hole
+    with pytest.raises(ValueError, match="inpaint_prob"):
+        ShapesDataset(5, 32, inpaint_prob=2.0)

@@ -547,6 +547,26 @@ def test_upsampler_trains_on_aligned_patches(tmp_path: Path) -> None:
     assert grid.size == (2 * 18 + 2, 2 * 18 + 2)
 
 
+def test_inpaint_object_examples_reach_the_model_with_their_masks(tmp_path: Path) -> None:
+    from glidekit.train.data import conditioning
+
+    cfg = tiny_config(tmp_path / "i", train={"steps": 2})
+    cfg["model"]["kind"] = "inpaint"
+    cfg["data"] = {"kind": "shapes", "length": 8, "inpaint_object_prob": 1.0}
+    assert train(load_config(cfg)).step == 2
+    images = torch.zeros(2, 3, 16, 16)
+    given = torch.ones(1, 16, 16)
+    given[:, :8, :8] = 0
+    cond = conditioning(images, super_res=False, inpaint=True, low_res_size=4,
+                        mask_kind="box", generator=torch.Generator().manual_seed(0),
+                        keeps=[given, None])  # fmt: skip
+    assert torch.equal(cond["inpaint_mask"][0], given)  # the dataset's mask, as given
+    assert not torch.equal(cond["inpaint_mask"][1], given)  # a random one where none was given
+    cfg["model"]["kind"] = "text2im"
+    with pytest.raises(ValueError, match="data.inpaint_object_prob is for inpainting models"):
+        load_config(cfg)
+
+
 def test_inpainting_fine_tune_starts_from_a_text2im_bundle(tmp_path: Path) -> None:
     first = train(load_config(tiny_config(tmp_path / "a", train={"steps": 2})))
     base, _, _ = load_model(first.export)

@@ -45,12 +45,15 @@ __all__ = [
     "SHAPES",
     "SIZES",
     "POSITIONS",
+    "QUADRANTS",
     "ATTRIBUTES",
     "UNKNOWN",
     "SHAPES_WORDS",
     "ShapeScene",
     "random_scene",
     "render",
+    "quadrant_box",
+    "inpaint_scene",
     "generate",
     "canonical_caption",
     "caption",
@@ -78,6 +81,8 @@ COLORS: tuple[str, ...] = tuple(PALETTE)
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 SIZES: tuple[str, ...] = ("small", "large")
 POSITIONS: tuple[str, ...] = ("top left", "top right", "bottom left", "bottom right", "center")
+#: The four corner positions, each the centre of one quadrant.
+QUADRANTS: tuple[str, ...] = POSITIONS[:4]
 #: Attribute names, in canonical caption order.
 ATTRIBUTES: tuple[str, ...] = ("size", "color", "shape", "position", "background")
 #: Value the judge gives attributes it cannot read (e.g. an image with no object).
@@ -229,10 +234,17 @@ def _draw_shape(
         raise ValueError(f"render: unknown shape {shape!r}; use one of {SHAPES}")
 
 
-def render(scene: ShapeScene, image_size: int = 64, *, supersample: int = 4) -> Image.Image:
+def render(
+    scene: ShapeScene,
+    image_size: int = 64,
+    *,
+    supersample: int = 4,
+    extra: Sequence[ShapeScene] = (),
+) -> Image.Image:
     """Render ``scene`` as an RGB PIL image ``image_size`` x ``image_size``.
 
-    Drawn at ``supersample`` x the size, then downsampled with a box (area) filter.
+    Drawn at ``supersample`` x the size, then downsampled with a box (area) filter. ``extra``:
+    more objects drawn over it (their backgrounds are ignored), as in inpainting sources.
     """
     if int(image_size) < 8:
         raise ValueError(f"render: image_size must be >= 8, got {image_size}")
@@ -240,10 +252,40 @@ def render(scene: ShapeScene, image_size: int = 64, *, supersample: int = 4) -> 
         raise ValueError(f"render: supersample must be >= 1, got {supersample}")
     big = int(image_size) * int(supersample)
     img = Image.new("RGB", (big, big), PALETTE[scene.background])
-    _draw_shape(
-        ImageDraw.Draw(img), scene.shape, scene.cx, scene.cy, scene.side, big, PALETTE[scene.color]
-    )
+    draw = ImageDraw.Draw(img)
+    for obj in (scene, *extra):
+        _draw_shape(draw, obj.shape, obj.cx, obj.cy, obj.side, big, PALETTE[obj.color])
     return img.reduce(int(supersample)) if supersample > 1 else img
+
+
+def quadrant_box(position: str, image_size: int) -> tuple[int, int, int, int]:
+    """The pixel box (left, upper, right, lower) of the quadrant whose centre is ``position``
+    (one of :data:`QUADRANTS`). An object placed there stays inside it."""
+    if position not in QUADRANTS:
+        raise ValueError(f"quadrant_box: position must be one of {QUADRANTS}, got {position!r}")
+    half = int(image_size) // 2
+    x0 = half if "right" in position else 0
+    y0 = half if "bottom" in position else 0
+    return (x0, y0, x0 + half, y0 + half)
+
+
+def inpaint_scene(
+    rng: RngLike = None, image_size: int = 64, distractor_prob: float = 0.75
+) -> tuple[Image.Image, ShapeScene, tuple[int, int, int, int]]:
+    """An inpainting example of the shapes world: ``(image, target, box)``.
+
+    ``target`` is an object in a random quadrant; ``box`` is that quadrant (the region to
+    repaint, which the target's caption describes); with probability ``distractor_prob``
+    another random object (same background) sits in another quadrant, so a model learns to
+    paint what the caption asks for even where the picture already has an object.
+    """
+    rng = _as_rng(rng)
+    target_pos, other_pos = rng.sample(QUADRANTS, 2)
+    target = random_scene(rng, position=target_pos)
+    extra = []
+    if rng.random() < distractor_prob:
+        extra.append(random_scene(rng, position=other_pos, background=target.background))
+    return render(target, image_size, extra=extra), target, quadrant_box(target_pos, image_size)
 
 
 def generate(
@@ -648,9 +690,13 @@ class _ShapesSampler:
         vary_order_prob: float,
         canonical: bool,
         include_scene: bool,
+        inpaint_prob: float = 0.0,
     ) -> None:
         if int(image_size) < 8:
             raise ValueError(f"shapes dataset: image_size must be >= 8, got {image_size}")
+        if not 0 <= inpaint_prob <= 1:
+            raise ValueError(f"shapes dataset: inpaint_prob must be in [0, 1], got {inpaint_prob}")
+        self.inpaint_prob = float(inpaint_prob)
         if not 0 <= drop_prob <= 1 or not 0 <= vary_order_prob <= 1:
             raise ValueError(
                 "shapes dataset: drop_prob and vary_order_prob must be in [0, 1], got "
@@ -664,13 +710,22 @@ class _ShapesSampler:
         self.include_scene = bool(include_scene)
 
     def sample(self, scene_rng: random.Random, caption_rng: random.Random) -> dict:
-        img, scene = generate(scene_rng, self.image_size)
+        keep = None
+        # The extra draw only when asked for: plain datasets keep their exact scenes.
+        if self.inpaint_prob > 0 and scene_rng.random() < self.inpaint_prob:
+            img, scene, box = inpaint_scene(scene_rng, self.image_size)
+            keep = torch.ones(1, self.image_size, self.image_size)
+            keep[:, box[1] : box[3], box[0] : box[2]] = 0
+        else:
+            img, scene = generate(scene_rng, self.image_size)
         text = (
             canonical_caption(scene)
             if self.canonical
             else caption(scene, caption_rng, self.drop_prob, self.vary_order_prob)
         )
         out: dict[str, Any] = {"image": to_tensor(img), "caption": text}
+        if keep is not None:
+            out["inpaint_keep"] = keep
         if self.include_scene:
             out["scene"] = scene.attributes()
         return out
@@ -682,7 +737,9 @@ class ShapesDataset(Dataset):
     Item ``i`` is ``{"image": FloatTensor (3, S, S) in [-1, 1], "caption": str}`` (plus
     ``"scene": {attribute: value}`` with ``include_scene``). The scene depends on
     ``(seed, i)`` only; the caption's drops/order also on the epoch (:meth:`set_epoch`).
-    ``canonical=True`` gives canonical captions.
+    ``canonical=True`` gives canonical captions. ``inpaint_prob``: the share of items that are
+    inpainting examples (:func:`inpaint_scene`): they also hold ``"inpaint_keep"``, a
+    (1, S, S) float mask, 0 over the quadrant to repaint (which the caption describes), 1 else.
     """
 
     def __init__(
@@ -695,12 +752,13 @@ class ShapesDataset(Dataset):
         vary_order_prob: float = 0.3,
         canonical: bool = False,
         include_scene: bool = False,
+        inpaint_prob: float = 0.0,
     ) -> None:
         if int(length) <= 0:
             raise ValueError(f"ShapesDataset: length must be positive, got {length}")
         self.length = int(length)
         self._sampler = _ShapesSampler(
-            image_size, seed, drop_prob, vary_order_prob, canonical, include_scene
+            image_size, seed, drop_prob, vary_order_prob, canonical, include_scene, inpaint_prob
         )
         self.epoch = 0
 
@@ -744,6 +802,7 @@ class ShapesIterableDataset(IterableDataset):
         vary_order_prob: float = 0.3,
         canonical: bool = False,
         include_scene: bool = False,
+        inpaint_prob: float = 0.0,
         samples_per_epoch: int | None = None,
         rank: int | None = None,
         world_size: int | None = None,
@@ -756,7 +815,7 @@ class ShapesIterableDataset(IterableDataset):
         if (rank is None) != (world_size is None):
             raise ValueError("ShapesIterableDataset: pass both rank and world_size, or neither")
         self._sampler = _ShapesSampler(
-            image_size, seed, drop_prob, vary_order_prob, canonical, include_scene
+            image_size, seed, drop_prob, vary_order_prob, canonical, include_scene, inpaint_prob
         )
         self.samples_per_epoch = None if samples_per_epoch is None else int(samples_per_epoch)
         self.rank = rank

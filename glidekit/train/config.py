@@ -258,6 +258,10 @@ class DataSection:
         ``null`` = 0.2 for diffusion models, 0 for CLIP.
     low_res_size: upsampler input side (``null`` = image_size / 4).
     mask_kind: inpainting masks: mixed | box | brush.
+    inpaint_object_prob: shapes world, inpainting models: the share of examples whose mask is
+        one quadrant holding the captioned object, with (3 times in 4) another object in
+        another quadrant; the caption then describes the region to repaint, which is how
+        GLIDE's inpainting is used (the rest get ``mask_kind`` masks and whole-scene captions).
     tokenizer: auto (shapes world's word tokenizer for ``kind: shapes``, else GPT-2; CLIP's
         own BPE for ``model.kind: clip`` outside the shapes world) | gpt2 | shapes | clip.
     patch_size: upsamplers only: train on random aligned patches of this side (the low-res
@@ -274,6 +278,7 @@ class DataSection:
     caption_dropout: float | None = None
     low_res_size: int | None = None
     mask_kind: str = "mixed"
+    inpaint_object_prob: float = 0.0
     tokenizer: str = "auto"
     shuffle_buffer: int = 1000
     num_workers: int = 0
@@ -294,6 +299,10 @@ class DataSection:
         if self.low_res_size is not None:
             _positive("data.low_res_size", self.low_res_size)
         _choice("data.mask_kind", self.mask_kind, ("mixed", "box", "brush"))
+        if not 0 <= float(self.inpaint_object_prob) <= 1:
+            raise ValueError(
+                f"data.inpaint_object_prob must be in [0, 1], got {self.inpaint_object_prob}"
+            )
         _choice("data.tokenizer", self.tokenizer, TOKENIZERS)
         _positive("data.shuffle_buffer", self.shuffle_buffer, zero_ok=True)
         _positive("data.num_workers", self.num_workers, zero_ok=True)
@@ -448,6 +457,14 @@ class TrainConfig:
             getattr(self, name).validate()
         if self.data.patch_size is not None:
             self._check_patch_size()
+        if self.data.inpaint_object_prob and (
+            self.data.kind != "shapes" or self.model.kind not in ("inpaint", "super_res_inpaint")
+        ):
+            raise ValueError(
+                "data.inpaint_object_prob is for inpainting models (model.kind inpaint) on the "
+                f"shapes world (data.kind shapes); this is {self.model.kind} on "
+                f"{self.data.kind}: remove it"
+            )
         if self.model.kind == "clip" and self.model.init not in (None, "clip"):
             path = Path(self.model.init)
             if not path.is_file():

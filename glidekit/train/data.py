@@ -65,7 +65,9 @@ def make_tokenizer(data: DataSection, model_kind: str, text_ctx: int) -> Any:
 def make_dataset(data: DataSection, image_size: int, *, rank: int, world_size: int) -> Dataset:
     """The dataset of ``data.kind`` at ``image_size`` (low-res/masks are made per batch)."""
     if data.kind == "shapes":
-        return ShapesDataset(data.length, image_size, seed=data.seed)
+        return ShapesDataset(
+            data.length, image_size, seed=data.seed, inpaint_prob=data.inpaint_object_prob
+        )
     key = "data.root" if data.kind == "folder" else "data.shards"
     try:
         if data.kind == "folder":
@@ -305,18 +307,26 @@ def conditioning(
     low_res_size: int,
     mask_kind: str,
     generator: torch.Generator,
+    keeps: Sequence[torch.Tensor | None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The UNet's image conditioning for clean ``images`` (B, 3, S, S) in [-1, 1].
 
-    super_res: ``low_res`` (B, 3, L, L) = the images downsampled. inpaint: a random mask per
-    image (1 = known) -> ``inpaint_image`` (B, 3, S, S) (masked), ``inpaint_mask`` (B, 1, S, S).
+    super_res: ``low_res`` (B, 3, L, L) = the images downsampled. inpaint: a mask per image
+    (1 = known; ``keeps[i]`` (1, S, S) where the dataset gave one, else a random
+    ``mask_kind`` mask) -> ``inpaint_image`` (B, 3, S, S) (masked), ``inpaint_mask`` (B, 1, S, S).
     """
     out: dict[str, torch.Tensor] = {}
     if super_res:
         out["low_res"] = make_low_res(images, low_res_size)
     if inpaint:
+        given = list(keeps) if keeps is not None else [None] * len(images)
         masks = torch.stack(
-            [random_mask(images.shape[-1], generator, kind=mask_kind) for _ in range(len(images))]
+            [
+                k.to(images.dtype)
+                if k is not None
+                else random_mask(images.shape[-1], generator, kind=mask_kind)
+                for k in given
+            ]
         )
         out.update(make_inpaint_example(images, masks))
     return out

@@ -489,6 +489,7 @@ class Trainer:
             low_res_size=self.low_res_size,
             mask_kind=self.config.data.mask_kind,
             generator=self.gen_cpu,
+            keeps=[s.get("inpaint_keep") for s in samples],
         )
         if self.config.data.patch_size is not None:
             images, cond = random_patches(images, cond, self.config.data.patch_size, self.gen_cpu)
