@@ -543,7 +543,8 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], path: Path) -> str | None:
 
 
 def plot_samplers(rows: Sequence[Mapping[str, Any]], path: Path) -> str | None:
-    """ "all attributes" agreement against steps, one line per sampler; None without matplotlib."""
+    """Agreement (mean over attributes; all at once) against steps, a line per sampler; None
+    without matplotlib."""
     try:
         import matplotlib
 
@@ -552,14 +553,17 @@ def plot_samplers(rows: Sequence[Mapping[str, Any]], path: Path) -> str | None:
     except ImportError:
         logger.warning("matplotlib is not installed: no plot written (pip install matplotlib)")
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for sampler in dict.fromkeys(r["sampler"] for r in rows):
         mine = [r for r in rows if r["sampler"] == sampler]
-        ax.plot([r["count"] for r in mine], [r["agreement"]["all"] for r in mine], "-o",
-                label=sampler)  # fmt: skip
-    ax.set(xlabel="base steps", ylabel="all attributes agree", ylim=(0, 1.02), xscale="log",
-           title="Caption agreement against steps")  # fmt: skip
-    ax.legend()
+        counts = [r["count"] for r in mine]
+        mean = [statistics.fmean(r["agreement"][a] for a in ATTRIBUTES) for r in mine]
+        axes[0].plot(counts, mean, "-o", label=sampler)
+        axes[1].plot(counts, [r["agreement"]["all"] for r in mine], "-o", label=sampler)
+    for ax, label in zip(axes, ("mean of the 5 attributes", "all attributes at once"), strict=True):
+        ax.set(xlabel="base steps", ylabel=label, ylim=(0, 1.02), xscale="log")
+        ax.legend()
+    fig.suptitle("Caption agreement against steps")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
