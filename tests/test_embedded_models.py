@@ -40,7 +40,7 @@ def test_the_shipped_cascade_loads_and_runs(tmp_path, monkeypatch):
 
     monkeypatch.setenv("GLIDEKIT_CACHE", str(tmp_path / "empty-cache"))
     files = {role: embedded.embedded_path(role) for role in embedded.ROLES}
-    assert files["base"] and files["upsampler"] and files["base_inpaint"], files
+    assert all(files.values()), files  # the whole cascade, inpainting upsampler included
     assert sum(f.stat().st_size for f in files.values() if f) <= 40 * 2**20
     kinds = {}
     for role, path in files.items():
@@ -51,9 +51,11 @@ def test_the_shipped_cascade_loads_and_runs(tmp_path, monkeypatch):
     assert kinds["base"] == ("text2im", 32, "v")
     assert kinds["upsampler"] == ("super_res", 128, "v")
     assert kinds["base_inpaint"] == ("inpaint", 32, "v")
+    assert kinds["upsampler_inpaint"] == ("super_res_inpaint", 128, "v")
 
     pipe = Text2ImagePipeline.from_pretrained(device="cpu")
     result = pipe("a large red square at the center", steps=8, upsample_steps=4, seed=0)
     assert result.images[0].size == (128, 128) and result.low_res[0].size == (32, 32)
     inpaint = InpaintPipeline.from_pretrained(device="cpu")
     assert inpaint.base.model.config.kind == "inpaint"
+    assert inpaint.upsampler.model.config.kind == "super_res_inpaint"
