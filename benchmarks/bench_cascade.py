@@ -2,7 +2,7 @@
 """The end-to-end text-to-image cascade on CPU (full-size base + upsampler), and bf16 faithfulness.
 
     python benchmarks/bench_cascade.py [--workdir DIR] [--json out.json] [--threads N]
-        [--presets official official-steps-bf16 fast fast-low-memory] [--prompt TEXT] [--seed N]
+        [--presets official official-steps-bf16 fast fast-low-memory fast15-low-memory] [--prompt TEXT] [--seed N]
     python benchmarks/bench_cascade.py --tiny     # small models, few steps: a smoke test
 
 The full run takes about 8 minutes on a quiet 2-core CPU (steps x the forward costs in
@@ -29,6 +29,8 @@ resident memory, ``ru_maxrss``, is its own; the parent process never imports tor
 * ``fast-low-memory``: ``fast`` with ``low_memory=True`` (``glidekit generate --low-memory``):
   one model resident at a time, so the base is released before the upsampler loads; its time
   includes loading the upsampler.
+* ``fast15-low-memory``: ``fast-low-memory`` with 15 base steps ("karras15") and 5 upsampler
+  steps.
 
 Each subprocess loads the models (timed, reported apart), times ``../shared/bench/calibrate.py``
 right before the run, runs the whole cascade through :class:`Text2ImagePipeline` (tokenizing and
@@ -99,6 +101,8 @@ PRESETS: dict[str, Preset] = {
         Preset("fast", "bf16", "karras25", "dpm++2m", "10", "dpm++2m", 25.0, "<= 25 s"),
         Preset("fast-low-memory", "bf16", "karras25", "dpm++2m", "10", "dpm++2m", 25.0,
                "<= 25 s", low_memory=True),
+        Preset("fast15-low-memory", "bf16", "karras15", "dpm++2m", "5", "dpm++2m", 25.0,
+               "<= 25 s", low_memory=True),
     )
 }  # fmt: skip
 # --tiny: the same presets with very few steps.
@@ -107,6 +111,7 @@ TINY_STEPS: dict[str, tuple[str, str]] = {
     "official-steps-bf16": ("6", "4"),
     "fast": ("karras4", "3"),
     "fast-low-memory": ("karras4", "3"),
+    "fast15-low-memory": ("karras3", "2"),
 }
 GUIDANCE_SCALE = 3.0
 UPSAMPLE_TEMP = 0.997
