@@ -151,6 +151,22 @@ def test_low_memory_holds_one_model_at_a_time_and_gives_the_same_images(bundles,
     with pytest.raises(TypeError, match="low_memory"):
         Text2ImagePipeline(bundles["base"], device="cpu", low_memory="yes")
 
+    # Inpainting sizes its inputs from the model files' configs: still one load per model.
+    from glidekit.pipelines import InpaintPipeline
+
+    loads.clear()
+    inpaint = InpaintPipeline(
+        bundles["base-inpaint"], bundles["upsample-inpaint"], device="cpu", low_memory=True
+    )
+    picture = random_picture((UP_SIZE, UP_SIZE), seed=1)
+    result = inpaint("a dog", picture, square_mask((UP_SIZE, UP_SIZE), (2, 2, 12, 12)), seed=0,
+                     **FAST)  # fmt: skip
+    assert result.images[0].size == (UP_SIZE, UP_SIZE)
+    assert [Path(p).name for p in loads] == [
+        bundles["base-inpaint"].name,
+        bundles["upsample-inpaint"].name,
+    ]
+
 
 def test_built_models_and_tuples(bundles):
     from glidekit.nn.bundle import load_model

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from glidekit.fileio import atomic_path
-from glidekit.nn.config import DiffusionConfig, config_from_dict
+from glidekit.nn.config import DiffusionConfig, UNetConfig, config_from_dict
 from glidekit.nn.unet import GlideUNet, create_model
 from glidekit.tensorfile import read_header, read_tensors
 from glidekit.tokenizer import GPT2Tokenizer, Tokenizer, tokenizer_from_dict, tokenizer_to_dict
@@ -58,6 +58,11 @@ def save_model(
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     return read_header(path).metadata
+
+
+def read_config(path: str | os.PathLike) -> UNetConfig:
+    """The model config stored in a glidekit model file (no weights are read)."""
+    return config_from_dict(json.loads(read_metadata(path)["glidekit.config"]))
 
 
 def is_bundle(path: str | os.PathLike) -> bool:

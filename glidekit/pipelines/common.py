@@ -288,6 +288,29 @@ class ModelSlot:
     def loaded(self) -> bool:
         return self._loaded is not None
 
+    def image_size(self) -> int | None:
+        """The model's output side, without loading weights where the source tells it (a loaded
+        model, a ``GlideUNet`` or tuple, a released name, a glidekit model file); else None."""
+        src = self.source
+        if self._loaded is not None:
+            return self._loaded.model.config.image_size
+        if isinstance(src, tuple) and src and isinstance(src[0], GlideUNet):
+            src = src[0]
+        if isinstance(src, GlideUNet):
+            return src.config.image_size
+        if not isinstance(src, (str, os.PathLike)):
+            return None
+        from glidekit.checkpoints.registry import lookup
+        from glidekit.nn.config import RELEASED_CONFIGS
+
+        info = lookup(src) if isinstance(src, str) else None
+        if info is not None and info.name in RELEASED_CONFIGS:
+            return RELEASED_CONFIGS[info.name].image_size
+        from glidekit.nn.bundle import is_bundle, read_config
+
+        path = Path(src).expanduser()
+        return read_config(path).image_size if is_bundle(path) else None
+
     def release(self) -> None:
         """Drop the loaded model (the next :meth:`get` loads it again)."""
         if self._loaded is not None:

@@ -94,9 +94,7 @@ class EditPipeline(GlidePipeline):
         if mask is not None:
             replace = check_mask_coverage(load_replace_mask(image, mask, fit), "mask",
                                           allow_full=True)  # fmt: skip
-        sizes = [self.base.model.config.image_size]
-        if upsample:
-            sizes.append(self.upsampler.model.config.image_size)  # type: ignore[union-attr]
+        sizes = self._image_sizes(upsample)
         sources = image_tensors(square, sizes)
         keeps = keep_tensors(replace, sizes) if replace is not None else [None] * 2
         base_stage = Stage(

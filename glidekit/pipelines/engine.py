@@ -166,6 +166,19 @@ class GlidePipeline:
             )
         return lm
 
+    def _image_sizes(self, upsample: bool) -> list[int]:
+        """Output sides of the base and (with ``upsample``) the upsampler, read without loading
+        the weights where the sources tell them (low_memory then loads each model once)."""
+        slots = [(self.base_slot, "base"), (self.upsampler_slot, "upsampler")][: 1 + upsample]
+        sizes = []
+        for slot, role in slots:
+            size = slot.image_size() if slot is not None else None
+            if size is None:
+                lm = self.base if role == "base" else self.upsampler
+                size = lm.model.config.image_size  # type: ignore[union-attr]
+            sizes.append(size)
+        return sizes
+
     def _hold(self, slot: ModelSlot) -> LoadedModel:
         """``slot``'s model, loaded; with ``low_memory`` the other models are released first."""
         if self.low_memory:

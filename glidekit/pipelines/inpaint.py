@@ -95,9 +95,7 @@ class InpaintPipeline(GlidePipeline):
         # Read (and check) the inputs before loading models.
         square = load_source(image, fit, keep_hidden=mask is None)
         replace = check_mask_coverage(load_replace_mask(image, mask, fit), "mask")
-        sizes = [self.base.model.config.image_size]
-        if upsample:
-            sizes.append(self.upsampler.model.config.image_size)  # type: ignore[union-attr]
+        sizes = self._image_sizes(upsample)
         sources = image_tensors(square, sizes)
         keeps = keep_tensors(replace, sizes)
         base_stage = Stage(
