@@ -152,3 +152,46 @@ def test_config_validation():
     cfg = RELEASED_CONFIGS["upsample-inpaint"]
     assert config_from_dict(cfg.to_dict()) == cfg
     assert cfg.in_channels == 10
+
+
+def test_attention_position_embedding_option():
+    """glidekit's one architectural option: off in every released config; when on, zero
+    embeddings compute exactly what the plain model does, and the size is fixed."""
+    from glidekit.nn import Text2ImConfig, config_from_dict
+
+    assert not any(c.attention_pos_emb for c in RELEASED_CONFIGS.values())
+    small = {
+        "image_size": 16,
+        "num_channels": 32,
+        "num_res_blocks": 1,
+        "channel_mult": (1, 2),
+        "attention_resolutions": (8,),
+        "num_head_channels": 32,
+        "xf_width": 32,
+        "xf_layers": 1,
+        "xf_heads": 1,
+        "text_ctx": 8,
+        "n_vocab": 40,
+    }
+    plain = create_model(Text2ImConfig(**small)).eval()
+    with_pos = create_model(Text2ImConfig(**small, attention_pos_emb=True)).eval()
+    keys = [k for k in with_pos.state_dict() if k.endswith("pos_emb")]
+    assert keys and with_pos.state_dict()[keys[0]].shape == (64, 64)  # 8x8 tokens, 64 channels
+    assert config_from_dict(with_pos.config.to_dict()) == with_pos.config
+    g = torch.Generator().manual_seed(0)
+    state = {k: 0.1 * torch.randn(v.shape, generator=g) for k, v in plain.state_dict().items()}
+    plain.load_state_dict(state)
+    x = torch.randn(2, 3, 16, 16, generator=g)
+    kw = {"tokens": torch.randint(0, 40, (2, 8), generator=g), "mask": torch.ones(2, 8).bool()}
+    ts = torch.tensor([3, 500])
+    with torch.no_grad():
+        want = plain(x, ts, **kw)
+        with_pos.load_state_dict({**state, **{k: torch.randn(64, 64, generator=g) for k in keys}})
+        assert not torch.allclose(with_pos(x, ts, **kw), want, atol=1e-4)
+        with_pos.load_state_dict({**state, **{k: torch.zeros(64, 64) for k in keys}})
+        assert torch.equal(with_pos(x, ts, **kw), want)
+        with pytest.raises(ValueError, match="must be 16x16"):
+            with_pos(
+                torch.randn(1, 3, 32, 32), ts[:1], tokens=kw["tokens"][:1], mask=kw["mask"][:1]
+            )
+        plain(torch.randn(1, 3, 32, 32), ts[:1], tokens=kw["tokens"][:1], mask=kw["mask"][:1])

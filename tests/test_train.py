@@ -610,3 +610,22 @@ def test_v_prediction_trains_exports_and_samples(tmp_path: Path) -> None:
     assert pipe.base.process("3", "steps").prediction == "v"
     image = pipe("a red circle", steps="3", seed=0).images[0]
     assert image.size == (16, 16)
+
+
+def test_fine_tune_turns_on_attention_position_embeddings(tmp_path: Path) -> None:
+    first = train(load_config(tiny_config(tmp_path / "a", train={"steps": 2})))
+    base, _, _ = load_model(first.export)
+    cfg = tiny_config(tmp_path / "b", train={"steps": 1})
+    cfg["model"] = {"kind": "text2im", "init": str(first.export), "attention_pos_emb": True}
+    trainer = Trainer(load_config(cfg))
+    assert trainer.model.config.attention_pos_emb
+    # The new embeddings start at zero: the model computes what the bundle did.
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([10, 900])
+    tokens, mask = tokenize_batch(trainer.tokenizer, ["a red circle", ""], 16)
+    with torch.no_grad():
+        assert torch.allclose(trainer.model.eval()(x, t, tokens, mask), base(x, t, tokens, mask))
+    result = train(load_config(cfg))
+    tuned, _, _ = load_model(result.export)
+    assert tuned.config.attention_pos_emb
+    assert any(k.endswith("pos_emb") for k in tuned.state_dict())

@@ -24,6 +24,12 @@ class UNetConfig:
 
     ``channel_mult=()`` picks the official default for ``image_size``; ``num_head_channels=-1``
     uses ``num_heads`` fixed heads instead of fixed head width.
+
+    ``attention_pos_emb`` is glidekit's one addition, off in every released model: a learned
+    absolute position embedding (zero-initialised) added to the image tokens of each attention
+    block. GLIDE's attention has none, so the UNet only knows where a pixel is from the
+    convolutions' zero padding; the small shapes-world models could not learn to put an object
+    where the caption says ("in the top left") without it.
     """
 
     kind: ClassVar[str] = "text2im"
@@ -49,6 +55,7 @@ class UNetConfig:
     use_scale_shift_norm: bool = True
     resblock_updown: bool = True
     learn_sigma: bool = True
+    attention_pos_emb: bool = False
 
     def __post_init__(self) -> None:
         mult = tuple(int(m) for m in self.channel_mult)

@@ -107,9 +107,18 @@ class AttentionBlock(nn.Module):
 
     Per head h, channels [3d*h, 3d*(h+1)) of ``qkv`` hold q, k, v, and channels [2d*h, 2d*(h+1))
     of ``encoder_kv`` hold the text k, v. Padded text positions are not masked (as released).
+    With ``resolution`` set (``attention_pos_emb``), a learned (resolution**2, channels) position
+    embedding, zero at first, is added to the normalised image tokens before q, k, v.
     """
 
-    def __init__(self, channels: int, num_heads: int, encoder_channels: int, name: str) -> None:
+    def __init__(
+        self,
+        channels: int,
+        num_heads: int,
+        encoder_channels: int,
+        name: str,
+        resolution: int | None = None,
+    ) -> None:
         super().__init__()
         if channels % num_heads:
             raise ValueError(f"channels {channels} not divisible by num_heads {num_heads}")
@@ -119,6 +128,10 @@ class AttentionBlock(nn.Module):
         self.qkv = nn.Conv1d(channels, channels * 3, 1)
         self.encoder_kv = nn.Conv1d(encoder_channels, channels * 2, 1)
         self.proj_out = nn.Conv1d(channels, channels, 1)
+        if resolution is not None:
+            self.pos_emb = nn.Parameter(torch.zeros(resolution * resolution, channels))
+        else:
+            self.pos_emb = None
 
     # The 1x1 convs are applied as linears over (B, tokens, channels): the per-head q/k/v then
     # come out with a contiguous last dimension, which torch's fused CPU attention kernel needs
@@ -142,6 +155,8 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor, text: TextCondition) -> torch.Tensor:
         b, c, hh, ww = x.shape
         tokens = self.norm(x).reshape(b, c, -1).transpose(1, 2)  # (B, T, C)
+        if self.pos_emb is not None:  # forward() has checked x's size against the config
+            tokens = tokens + self.pos_emb.to(tokens.dtype)
         qkv = self._linear(self.qkv, tokens).view(b, hh * ww, self.num_heads, -1)
         q, k, v = qkv.transpose(1, 2).chunk(3, dim=-1)  # (B, H, T, d) each
         ek, ev = self.text_kv(text, q.dtype).chunk(2, dim=-1)
@@ -207,7 +222,10 @@ class GlideUNet(nn.Module):
         def attn(ch: int, upsample: bool = False) -> AttentionBlock:
             nonlocal n_attn
             n_attn += 1
-            return AttentionBlock(ch, heads_for(ch, upsample), config.xf_width, f"attn{n_attn}")
+            res = config.image_size // ds if config.attention_pos_emb else None
+            return AttentionBlock(
+                ch, heads_for(ch, upsample), config.xf_width, f"attn{n_attn}", resolution=res
+            )
 
         def res(ch_in: int, ch_out: int, **kw: bool) -> ResBlock:
             return ResBlock(
@@ -390,6 +408,11 @@ class GlideUNet(nn.Module):
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != x.shape[3]:
             raise ValueError(f"x must have shape (B, 3, S, S), got {tuple(x.shape)}")
+        if cfg.attention_pos_emb and x.shape[2] != cfg.image_size:
+            raise ValueError(
+                f"x must be {cfg.image_size}x{cfg.image_size} for this model (its attention "
+                f"position embeddings are per pixel), got {tuple(x.shape)}"
+            )
         if x.shape[2] % (2 ** (len(cfg.channel_mult) - 1)):
             raise ValueError(
                 f"x size {x.shape[2]} must be divisible by {2 ** (len(cfg.channel_mult) - 1)}"
@@ -477,5 +500,7 @@ def init_weights(model: GlideUNet) -> None:
             elif isinstance(m, AttentionBlock):
                 nn.init.zeros_(m.proj_out.weight)
                 nn.init.zeros_(m.proj_out.bias)
+                if m.pos_emb is not None:
+                    nn.init.normal_(m.pos_emb, std=0.02)
         nn.init.zeros_(model.out[2].weight)
         nn.init.zeros_(model.out[2].bias)
