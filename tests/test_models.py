@@ -157,6 +157,13 @@ def test_config_validation():
 def test_attention_position_embedding_option():
     """glidekit's one architectural option: off in every released config; when on, zero
     embeddings compute exactly what the plain model does, and the size is fixed."""
+    from glidekit.nn.unet import sincos_position_embedding
+
+    table = sincos_position_embedding(64, 8)  # 8x8 grid, 8 channels
+    assert table.shape == (64, 8) and table.abs().max() <= 1
+    assert torch.equal(table[9, :4], table[10, :4])  # same row: the row half agrees
+    assert not torch.equal(table[9, 4:], table[10, 4:])  # the column half does not
+    assert torch.unique(table, dim=0).shape[0] == 64  # every pixel distinct
     from glidekit.nn import Text2ImConfig, config_from_dict
 
     assert not any(c.attention_pos_emb for c in RELEASED_CONFIGS.values())

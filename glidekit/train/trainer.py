@@ -333,11 +333,12 @@ class Trainer:
         self.model: nn.Module = create_model(unet_cfg)
         if init_state is not None and unet_cfg.attention_pos_emb and base is not None:
             if not base.attention_pos_emb:
-                # Turned on for a fine-tune: the new embeddings start at zero, so the model
-                # starts out computing exactly what the initial weights did.
+                # Turned on for a fine-tune: the new embeddings start as the fixed sine-cosine
+                # table (create_model's init), strong enough to be read at once; the rest of
+                # the model starts from the bundle.
                 for key, value in self.model.state_dict().items():
                     if key.endswith(".pos_emb"):
-                        init_state[key] = torch.zeros_like(value)
+                        init_state[key] = value.clone()
         if init_state is not None:
             try:
                 self.model.load_state_dict(init_state, strict=True)
