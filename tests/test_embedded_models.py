@@ -26,10 +26,14 @@ def test_embedded_until_the_released_weights_are_cached(tmp_path, monkeypatch, c
     assert default_source("upsampler") == str(models / "shapes-upsample.safetensors")
     # The inpainting family has no embedded model here: released names.
     assert default_source("base_inpaint") == "base-inpaint"
+    assert default_source("clip") == embedded.RELEASED_CLIP  # no embedded CLIP yet
+    (models / embedded.CLIP_FILE).write_bytes(b"x")
+    assert default_source("clip") == str(models / embedded.CLIP_FILE)
 
     # Once the released base is in the cache, the whole cascade is the released one.
     (cache / "base.pt").write_bytes(b"x")
     assert default_source("base") == "base" and default_source("upsampler") == "upsample"
+    assert default_source("clip") == embedded.RELEASED_CLIP
 
 
 def test_the_shipped_cascade_loads_and_runs(tmp_path, monkeypatch):
@@ -41,7 +45,10 @@ def test_the_shipped_cascade_loads_and_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("GLIDEKIT_CACHE", str(tmp_path / "empty-cache"))
     files = {role: embedded.embedded_path(role) for role in embedded.ROLES}
     assert all(files.values()), files  # the whole cascade, inpainting upsampler included
-    assert sum(f.stat().st_size for f in files.values() if f) <= 40 * 2**20
+    clip_file = embedded.MODELS_DIR / embedded.CLIP_FILE
+    assert clip_file.is_file()
+    total = sum(f.stat().st_size for f in files.values() if f) + clip_file.stat().st_size
+    assert total <= 40 * 2**20
     kinds = {}
     for role, path in files.items():
         if path is not None:
@@ -59,3 +66,19 @@ def test_the_shipped_cascade_loads_and_runs(tmp_path, monkeypatch):
     inpaint = InpaintPipeline.from_pretrained(device="cpu")
     assert inpaint.base.model.config.kind == "inpaint"
     assert inpaint.upsampler.model.config.kind == "super_res_inpaint"
+
+
+def test_the_shipped_clip_guides_the_shipped_base(tmp_path, monkeypatch):
+    """--clip with nothing cached: the embedded CLIP (its own vocabulary, 32 px) guides the
+    embedded base, and its gradient changes the picture."""
+    from glidekit.pipelines import ClipGuidedPipeline
+
+    monkeypatch.setenv("GLIDEKIT_CACHE", str(tmp_path / "empty-cache"))
+    pipe = ClipGuidedPipeline.from_pretrained(device="cpu", upsampler=None)
+    assert pipe.clip_label.endswith(embedded.CLIP_FILE)
+    assert pipe.clip.config.image_size == pipe.base.model.config.image_size == 32
+    caption = "a large red square at the center on a white background"
+    weak = pipe(caption, steps=6, guidance_scale=0.0, seed=3, upsample=False).images[0]
+    strong = pipe(caption, steps=6, guidance_scale=30.0, seed=3, upsample=False).images[0]
+    assert weak.size == (32, 32)
+    assert weak.tobytes() != strong.tobytes()

@@ -632,3 +632,33 @@ def test_fine_tune_turns_on_attention_position_embeddings(tmp_path: Path) -> Non
     tuned, _, _ = load_model(result.export)
     assert tuned.config.attention_pos_emb
     assert any(k.endswith("pos_emb") for k in tuned.state_dict())
+
+
+def test_clip_position_twins_are_hard_negatives(tmp_path: Path) -> None:
+    from glidekit.data import ShapesDataset
+    from glidekit.data.shapes import check, parse_caption
+    from glidekit.train.data import add_position_twins
+
+    data = ShapesDataset(8, 32, seed=1, include_scene=True)
+    samples = [data[i] for i in range(8)]
+    twins = add_position_twins(samples, 1.0, torch.Generator().manual_seed(0), 32)
+    for a, b in zip(twins[0::2], twins[1::2], strict=True):
+        pa, pb = parse_caption(a["caption"]), parse_caption(b["caption"])
+        assert len(pa) == 5 and pa["position"] != pb["position"]  # canonical, every word
+        assert {k: v for k, v in pa.items() if k != "position"} == {
+            k: v for k, v in pb.items() if k != "position"
+        }
+        for s in (a, b):  # and each picture shows what its caption says
+            pixels = ((s["image"] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+            assert all(check(pixels, s["caption"]).values())
+    assert add_position_twins(samples, 0.0, torch.Generator(), 32) == samples
+    with pytest.raises(ValueError, match="include_scene"):
+        add_position_twins([{"image": None}] * 2, 1.0, torch.Generator(), 32)
+
+    cfg = tiny_config(tmp_path / "clip", train={"steps": 2, "batch_size": 4})
+    cfg["model"] = dict(TINY_CLIP)
+    cfg["data"]["position_twins"] = 0.5
+    assert train(load_config(cfg)).step == 2
+    cfg["model"] = dict(TINY_UNET)
+    with pytest.raises(ValueError, match="data.position_twins is for CLIP models"):
+        load_config(cfg)

@@ -25,6 +25,11 @@ ROLES: dict[str, tuple[str, str]] = {
 }
 
 
+#: the embedded shapes-world noise-aware CLIP (both towers and their vocabulary in one file)
+CLIP_FILE = "shapes-clip.safetensors"
+RELEASED_CLIP = ("clip/image-enc", "clip/text-enc")
+
+
 def released_in_cache(name: str) -> bool:
     """Whether the released checkpoint ``name`` is already in glidekit's cache."""
     from glidekit.checkpoints import CHECKPOINTS, cache_dir
@@ -68,3 +73,14 @@ def default_base_inpaint() -> str | None:
 
 def default_upsampler_inpaint() -> str | None:
     return _default("upsampler_inpaint")
+
+
+def default_clip() -> str | tuple[str, str]:
+    """The CLIP for CLIP guidance: the embedded one beside the embedded base (it sees that
+    base's 32x32 pictures and reads its words), else the released towers."""
+    path = MODELS_DIR / CLIP_FILE
+    if released_in_cache("base") or embedded_path("base") is None or not path.is_file():
+        return RELEASED_CLIP
+    logger.info("no released base checkpoint in the cache: CLIP guidance uses the embedded "
+                "shapes-world CLIP %s", path.name)  # fmt: skip
+    return str(path)

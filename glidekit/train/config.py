@@ -262,6 +262,10 @@ class DataSection:
         one quadrant holding the captioned object, with (3 times in 4) another object in
         another quadrant; the caption then describes the region to repaint, which is how
         GLIDE's inpainting is used (the rest get ``mask_kind`` masks and whole-scene captions).
+    position_twins: shapes world, CLIP models: the share of each batch's pairs whose second
+        sample is the first one's object and background at another position (both with
+        canonical captions): hard negatives, without which a contrastive CLIP can tell most
+        captions in a batch apart by colour alone and never learns where the object is.
     tokenizer: auto (shapes world's word tokenizer for ``kind: shapes``, else GPT-2; CLIP's
         own BPE for ``model.kind: clip`` outside the shapes world) | gpt2 | shapes | clip.
     patch_size: upsamplers only: train on random aligned patches of this side (the low-res
@@ -279,6 +283,7 @@ class DataSection:
     low_res_size: int | None = None
     mask_kind: str = "mixed"
     inpaint_object_prob: float = 0.0
+    position_twins: float = 0.0
     tokenizer: str = "auto"
     shuffle_buffer: int = 1000
     num_workers: int = 0
@@ -303,6 +308,8 @@ class DataSection:
             raise ValueError(
                 f"data.inpaint_object_prob must be in [0, 1], got {self.inpaint_object_prob}"
             )
+        if not 0 <= float(self.position_twins) <= 1:
+            raise ValueError(f"data.position_twins must be in [0, 1], got {self.position_twins}")
         _choice("data.tokenizer", self.tokenizer, TOKENIZERS)
         _positive("data.shuffle_buffer", self.shuffle_buffer, zero_ok=True)
         _positive("data.num_workers", self.num_workers, zero_ok=True)
@@ -464,6 +471,11 @@ class TrainConfig:
                 "data.inpaint_object_prob is for inpainting models (model.kind inpaint) on the "
                 f"shapes world (data.kind shapes); this is {self.model.kind} on "
                 f"{self.data.kind}: remove it"
+            )
+        if self.data.position_twins and (self.data.kind != "shapes" or self.model.kind != "clip"):
+            raise ValueError(
+                "data.position_twins is for CLIP models (model.kind clip) on the shapes world "
+                f"(data.kind shapes); this is {self.model.kind} on {self.data.kind}: remove it"
             )
         if self.model.kind == "clip" and self.model.init not in (None, "clip"):
             path = Path(self.model.init)

@@ -32,7 +32,15 @@ from glidekit.data import (
     make_low_res,
     random_mask,
 )
-from glidekit.data.shapes import ShapesClipTokenizer, canonical_caption, random_scene
+from glidekit.data.shapes import (
+    POSITIONS,
+    ShapeScene,
+    ShapesClipTokenizer,
+    canonical_caption,
+    generate,
+    random_scene,
+)
+from glidekit.data.transforms import to_tensor
 from glidekit.tokenizer import GPT2Tokenizer, Tokenizer
 from glidekit.train.config import DataSection
 
@@ -66,7 +74,11 @@ def make_dataset(data: DataSection, image_size: int, *, rank: int, world_size: i
     """The dataset of ``data.kind`` at ``image_size`` (low-res/masks are made per batch)."""
     if data.kind == "shapes":
         return ShapesDataset(
-            data.length, image_size, seed=data.seed, inpaint_prob=data.inpaint_object_prob
+            data.length,
+            image_size,
+            seed=data.seed,
+            inpaint_prob=data.inpaint_object_prob,
+            include_scene=data.position_twins > 0,
         )
     key = "data.root" if data.kind == "folder" else "data.shards"
     try:
@@ -291,6 +303,30 @@ def default_prompts(count: int, seed: int = 0) -> list[str]:
     """Canonical shapes-world captions of ``count`` seeded random scenes."""
     rng = random.Random(seed)
     return [canonical_caption(random_scene(rng)) for _ in range(count)]
+
+
+def add_position_twins(
+    samples: Sequence[dict], prob: float, generator: torch.Generator, image_size: int
+) -> list[dict]:
+    """Shapes-world hard negatives: for each pair (2k, 2k+1), with probability ``prob``, sample
+    2k+1 becomes sample 2k's object and background at another position, and both get their
+    canonical captions, so the pair differs in the position words alone. Samples need their
+    ``"scene"`` (a dataset made with ``include_scene``)."""
+    out = list(samples)
+    for i in range(1, len(out), 2):
+        if float(torch.rand((), generator=generator)) >= prob:
+            continue
+        first = out[i - 1]
+        if "scene" not in first:
+            raise ValueError("position twins need the samples' scenes (include_scene=True)")
+        attrs = dict(first["scene"])
+        rng = random.Random(int(torch.randint(2**31, (), generator=generator)))
+        attrs["position"] = rng.choice([p for p in POSITIONS if p != attrs["position"]])
+        image, scene = generate(rng, image_size, **attrs)
+        out[i - 1] = {**first, "caption": canonical_caption(ShapeScene(**first["scene"]))}
+        out[i] = {"image": to_tensor(image), "caption": canonical_caption(scene),
+                  "scene": scene.attributes()}  # fmt: skip
+    return out
 
 
 def drop_captions(captions: Sequence[str], p: float, generator: torch.Generator) -> list[str]:

@@ -49,6 +49,7 @@ from glidekit.train import state as st
 from glidekit.train.clip import ClipPair, contrastive_loss, load_clip, save_clip
 from glidekit.train.config import TrainConfig
 from glidekit.train.data import (
+    add_position_twins,
     conditioning,
     drop_captions,
     make_dataset,
@@ -546,6 +547,9 @@ class Trainer:
         }
 
     def _clip_loss(self, samples: list[dict]) -> tuple[torch.Tensor, dict[str, float]]:
+        twins = float(self.config.data.position_twins)
+        if twins > 0:
+            samples = add_position_twins(samples, twins, self.gen_cpu, self.image_size)
         images = torch.stack([s["image"] for s in samples]).float()
         captions = drop_captions(
             [s.get("caption", "") for s in samples], self.caption_dropout, self.gen_cpu
