@@ -157,7 +157,7 @@ def test_config_validation():
 def test_attention_position_embedding_option():
     """glidekit's one architectural option: off in every released config; when on, zero
     embeddings compute exactly what the plain model does, and the size is fixed."""
-    from glidekit.nn.unet import sincos_position_embedding
+    from glidekit.nn.layers import sincos_position_embedding
 
     table = sincos_position_embedding(64, 8)  # 8x8 grid, 8 channels
     assert table.shape == (64, 8) and table.abs().max() <= 1

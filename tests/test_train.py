@@ -17,7 +17,7 @@ from PIL import Image
 from glidekit.cli.main import main
 from glidekit.diffusion import GaussianDiffusion, sample
 from glidekit.nn.bundle import load_model
-from glidekit.nn.unet import sincos_position_embedding
+from glidekit.nn.layers import sincos_position_embedding
 from glidekit.tokenizer import tokenize_batch
 from glidekit.train import load_checkpoint, load_clip, load_config, train
 from glidekit.train.config import TrainConfig

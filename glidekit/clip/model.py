@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glidekit.nn.layers import sincos_position_embedding
+
 from .config import CLIPConfig
 from .tokenizer import ClipTokenizer
 
@@ -162,7 +164,12 @@ class ImageInput(nn.Module):
         self.ln = LayerNorm(n_state, device, dtype)
         nn.init.normal_(self.w_t, std=0.02)
         nn.init.normal_(self.patch_proj, std=(3 * p * p) ** -0.5)
-        nn.init.normal_(self.w_pos, std=0.02)
+        # Patch positions start as a 2D sine-cosine table, comparable in size to the patch
+        # features: with a small random start the tower began (and, trained contrastively,
+        # stayed) blind to where things are in the picture.
+        nn.init.normal_(self.w_pos[:1], std=0.02)
+        with torch.no_grad():
+            self.w_pos[1:].copy_(sincos_position_embedding(config.n_patches, n_state))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         # [-1, 1] -> [0, 255] -> CLIP-normalised: (p - 255 * mean) / (255 * std).

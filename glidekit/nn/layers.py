@@ -74,3 +74,20 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     """
     scale = q.shape[-1] ** -0.25
     return F.scaled_dot_product_attention(q * scale, k * scale, v, scale=1.0)
+
+
+def sincos_position_embedding(tokens: int, channels: int) -> torch.Tensor:
+    """(tokens, channels) fixed 2D sine-cosine embedding of a square grid of ``tokens`` pixels
+    (row-major), values in [-1, 1]: the first half of the channels encodes the row, the second
+    the column, each as sin/cos pairs of geometrically spaced frequencies (as in ViT/MAE).
+    A linear map of it says where a pixel is ("left half", "top quadrant") from the start,
+    where a zero or small random start leaves the attention to learn that from nothing."""
+    side = int(round(tokens**0.5))
+    if side * side != tokens or channels % 4:
+        raise ValueError(f"need a square grid and channels % 4 == 0, got {tokens}, {channels}")
+    freqs = 1.0 / 10000 ** (torch.arange(channels // 4, dtype=torch.float64) / (channels // 4))
+    pos = torch.arange(side, dtype=torch.float64)[:, None] * freqs[None]  # (side, C/4)
+    axis = torch.cat([pos.sin(), pos.cos()], dim=1)  # (side, C/2)
+    rows = axis[:, None, :].expand(side, side, -1)
+    cols = axis[None, :, :].expand(side, side, -1)
+    return torch.cat([rows, cols], dim=-1).reshape(tokens, channels).float()

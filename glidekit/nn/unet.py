@@ -20,7 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from glidekit.nn.config import UNetConfig
-from glidekit.nn.layers import GroupNorm32, LayerNorm32, attention, timestep_embedding
+from glidekit.nn.layers import (
+    GroupNorm32,
+    LayerNorm32,
+    attention,
+    sincos_position_embedding,
+    timestep_embedding,
+)
 from glidekit.nn.text_transformer import Transformer
 
 logger = logging.getLogger(__name__)
@@ -472,23 +478,6 @@ class GlideUNet(nn.Module):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
         self.del_cache()
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-
-def sincos_position_embedding(tokens: int, channels: int) -> torch.Tensor:
-    """(tokens, channels) fixed 2D sine-cosine embedding of a square grid of ``tokens`` pixels
-    (row-major), values in [-1, 1]: the first half of the channels encodes the row, the second
-    the column, each as sin/cos pairs of geometrically spaced frequencies (as in ViT/MAE).
-    A linear map of it says where a pixel is ("left half", "top quadrant") from the start,
-    where a zero or small random start leaves the attention to learn that from nothing."""
-    side = int(round(tokens**0.5))
-    if side * side != tokens or channels % 4:
-        raise ValueError(f"need a square grid and channels % 4 == 0, got {tokens}, {channels}")
-    freqs = 1.0 / 10000 ** (torch.arange(channels // 4, dtype=torch.float64) / (channels // 4))
-    pos = torch.arange(side, dtype=torch.float64)[:, None] * freqs[None]  # (side, C/4)
-    axis = torch.cat([pos.sin(), pos.cos()], dim=1)  # (side, C/2)
-    rows = axis[:, None, :].expand(side, side, -1)
-    cols = axis[None, :, :].expand(side, side, -1)
-    return torch.cat([rows, cols], dim=-1).reshape(tokens, channels).float()
 
 
 def create_model(config: UNetConfig, device: torch.device | str | None = None) -> GlideUNet:
