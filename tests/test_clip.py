@@ -125,6 +125,18 @@ def test_encoders_built_standalone(small_config, golden) -> None:
     text.load_state_dict(strip_prefix(tensors, "clip_text_enc."), strict=True)
 
 
+def test_fresh_image_tower_starts_with_sincos_patch_positions(small_config) -> None:
+    """For training from scratch: the patch positions start as the 2D sine-cosine table (a
+    small random start left the shapes CLIP blind to where the object is)."""
+    from glidekit.nn.layers import sincos_position_embedding
+
+    w_pos = ImageEncoder(small_config).state_dict()
+    (key,) = [k for k in w_pos if k.endswith("w_pos")]
+    table = sincos_position_embedding(small_config.n_patches, w_pos[key].shape[1])
+    assert torch.equal(w_pos[key][1:], table)
+    assert w_pos[key][0].abs().max() < 0.2  # the timestep token's slot: small random
+
+
 # --- released layouts ---------------------------------------------------------------------------
 
 
