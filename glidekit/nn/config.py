@@ -26,10 +26,11 @@ class UNetConfig:
     uses ``num_heads`` fixed heads instead of fixed head width.
 
     ``attention_pos_emb`` is glidekit's one addition, off in every released model: a learned
-    absolute position embedding (starting as a 2D sine-cosine table) added to the image tokens of each attention
-    block. GLIDE's attention has none, so the UNet only knows where a pixel is from the
-    convolutions' zero padding; the small shapes-world models could not learn to put an object
-    where the caption says ("in the top left") without it.
+    absolute position embedding (starting as a 2D sine-cosine table) added to the image tokens
+    of each attention block. GLIDE's attention has none, so the UNet only knows where a pixel is
+    from the convolutions' zero padding; it is meant for teaching small models where the caption
+    puts things ("in the top left"), which the shapes-world base has not learnt without it
+    (nor, in short trials, with it yet: see benchmarks/RESULTS.md).
     """
 
     kind: ClassVar[str] = "text2im"

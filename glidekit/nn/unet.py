@@ -114,7 +114,8 @@ class AttentionBlock(nn.Module):
     Per head h, channels [3d*h, 3d*(h+1)) of ``qkv`` hold q, k, v, and channels [2d*h, 2d*(h+1))
     of ``encoder_kv`` hold the text k, v. Padded text positions are not masked (as released).
     With ``resolution`` set (``attention_pos_emb``), a learned (resolution**2, channels) position
-    embedding, zero at first, is added to the normalised image tokens before q, k, v.
+    embedding (the sine-cosine table after :func:`init_weights`) is added to the normalised
+    image tokens before q, k, v.
     """
 
     def __init__(
