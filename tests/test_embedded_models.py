@@ -3,7 +3,7 @@
 import logging
 
 import glidekit.models as embedded
-from glidekit.pipelines.common import default_source
+from glidekit.pipelines.common import RELEASED_CLIP, default_source
 
 
 def test_embedded_until_the_released_weights_are_cached(tmp_path, monkeypatch, caplog):
@@ -26,14 +26,14 @@ def test_embedded_until_the_released_weights_are_cached(tmp_path, monkeypatch, c
     assert default_source("upsampler") == str(models / "shapes-upsample.safetensors")
     # The inpainting family has no embedded model here: released names.
     assert default_source("base_inpaint") == "base-inpaint"
-    assert default_source("clip") == embedded.RELEASED_CLIP  # no embedded CLIP yet
+    assert default_source("clip") == RELEASED_CLIP  # no embedded CLIP yet
     (models / embedded.CLIP_FILE).write_bytes(b"x")
     assert default_source("clip") == str(models / embedded.CLIP_FILE)
 
     # Once the released base is in the cache, the whole cascade is the released one.
     (cache / "base.pt").write_bytes(b"x")
     assert default_source("base") == "base" and default_source("upsampler") == "upsample"
-    assert default_source("clip") == embedded.RELEASED_CLIP
+    assert default_source("clip") == RELEASED_CLIP
 
 
 def test_the_shipped_cascade_loads_and_runs(tmp_path, monkeypatch):

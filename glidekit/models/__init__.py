@@ -27,7 +27,6 @@ ROLES: dict[str, tuple[str, str]] = {
 
 #: the embedded shapes-world noise-aware CLIP (both towers and their vocabulary in one file)
 CLIP_FILE = "shapes-clip.safetensors"
-RELEASED_CLIP = ("clip/image-enc", "clip/text-enc")
 
 
 def released_in_cache(name: str) -> bool:
@@ -78,6 +77,8 @@ def default_upsampler_inpaint() -> str | None:
 def default_clip() -> str | tuple[str, str]:
     """The CLIP for CLIP guidance: the embedded one beside the embedded base (it sees that
     base's 32x32 pictures and reads its words), else the released towers."""
+    from glidekit.pipelines.common import RELEASED_CLIP
+
     path = MODELS_DIR / CLIP_FILE
     if released_in_cache("base") or embedded_path("base") is None or not path.is_file():
         return RELEASED_CLIP

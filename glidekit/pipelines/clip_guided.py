@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from glidekit.pipelines.common import (
+    RELEASED_CLIP,
     ModelSource,
     PipelineResult,
     check_count,
@@ -32,10 +33,6 @@ from glidekit.pipelines.engine import (
     upsample_stage_args,
 )
 from glidekit.pipelines.text2image import Text2ImagePipeline, expand_prompts
-
-#: The released CLIP towers, as (image encoder, text encoder) sources.
-RELEASED_CLIP = ("clip/image-enc", "clip/text-enc")
-
 
 CLIP_FILE_FORMAT = "glide-clip/1"  # both towers in one file (glidekit.train.save_clip)
 _TOWERS = (("image_encoder", "clip/image-enc", "clip_image_enc"),

@@ -421,12 +421,15 @@ def _load_local_checkpoint(path: Path, checkpoint: str, dtype: torch.dtype):
     return model, DiffusionConfig.for_model(model.config), GPT2Tokenizer(model.config.text_ctx)
 
 
+#: The released CLIP towers, as (image encoder, text encoder) sources.
+RELEASED_CLIP = ("clip/image-enc", "clip/text-enc")
+
 _DEFAULT_NAMES = {
     "base": "base",
     "upsampler": "upsample",
     "base_inpaint": "base-inpaint",
     "upsampler_inpaint": "upsample-inpaint",
-    "clip": ("clip/image-enc", "clip/text-enc"),
+    "clip": RELEASED_CLIP,
 }
 
 
