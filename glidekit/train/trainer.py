@@ -332,14 +332,13 @@ class Trainer:
                 f"({self.tokenizer.n_vocab}); set model.n_vocab: {self.tokenizer.n_vocab}"
             )
         self.model: nn.Module = create_model(unet_cfg)
-        if init_state is not None and unet_cfg.attention_pos_emb and base is not None:
-            if not base.attention_pos_emb:
-                # Turned on for a fine-tune: the new embeddings start as the fixed sine-cosine
-                # table (create_model's init), strong enough to be read at once; the rest of
-                # the model starts from the bundle.
-                for key, value in self.model.state_dict().items():
-                    if key.endswith(".pos_emb"):
-                        init_state[key] = value.clone()
+        turned_on = base is not None and unet_cfg.attention_pos_emb and not base.attention_pos_emb
+        if init_state is not None and turned_on:
+            # Turned on for a fine-tune: the new embeddings start as the sine-cosine table
+            # (create_model's init); every other weight comes from the bundle.
+            for key, value in self.model.state_dict().items():
+                if key.endswith(".pos_emb"):
+                    init_state[key] = value.clone()
         if init_state is not None:
             try:
                 self.model.load_state_dict(init_state, strict=True)
