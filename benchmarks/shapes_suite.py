@@ -337,17 +337,51 @@ def sample_batches(
     return finals, (lows or None), params, time.perf_counter() - start
 
 
-def sampling_kwargs(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    """Pipeline keywords from the common options (guidance: the pipeline's default if unset)."""
+def sampling_kwargs(
+    args: argparse.Namespace, cls: type, defaults: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Pipeline keywords from the common options; what they leave unset comes from
+    ``defaults`` (the model's, see :func:`default_pipeline`), else the pipeline's own."""
+    defaults = dict(defaults or {})
+
+    def pick(name: str, given: Any) -> Any:
+        if given is not None:
+            return given
+        return defaults[name] if name in defaults else pipeline_default(cls, name)
+
     kw: dict[str, Any] = {
-        "steps": steps_value(args.steps) or pipeline_default(cls, "steps"),
-        "sampler": args.sampler or pipeline_default(cls, "sampler"),
+        "steps": pick("steps", steps_value(args.steps)),
+        "sampler": pick("sampler", args.sampler),
     }
-    if "guidance_scale" in inspect.signature(cls.__call__).parameters:
-        kw["guidance_scale"] = (
-            args.guidance if args.guidance is not None else pipeline_default(cls, "guidance_scale")
-        )
+    names = inspect.signature(cls.__call__).parameters
+    if "guidance_scale" in names:
+        kw["guidance_scale"] = pick("guidance_scale", args.guidance)
+    if "clip_guidance_scale" in names:
+        kw["clip_guidance_scale"] = pick("clip_guidance_scale", args.clip_guidance)
     return kw
+
+
+def default_pipeline(args: argparse.Namespace, role: str) -> tuple[Any, dict[str, Any]]:
+    """The pipeline ``glidekit generate`` (role "base") or ``glidekit inpaint``
+    ("base_inpaint") runs ``args.model`` with, and that model's sampling defaults: for the
+    embedded shapes models, ``glidekit.models.EMBEDDED_SAMPLING`` (CLIP guidance with the
+    embedded CLIP); otherwise classifier-free guidance with the pipeline's defaults.
+    ``--classifier-free`` forces the latter."""
+    from glidekit.models import sampling_defaults
+    from glidekit.pipelines.common import default_source
+
+    found = None if args.classifier_free else sampling_defaults(role, args.model)
+    name, defaults = found or (None, {})
+    opts = {"device": args.device, "dtype": args.dtype}
+    if role == "base_inpaint":
+        clip = default_source("clip") if defaults.get("clip_guidance_scale") else None
+        up = getattr(args, "upsampler", None)
+        pipe = InpaintPipeline(args.model, up, clip=clip, **opts)
+        return pipe, defaults
+    up = getattr(args, "upsampler", None)
+    if name == "clip-guided":
+        return ClipGuidedPipeline(args.model, up, clip=default_source("clip"), **opts), defaults
+    return Text2ImagePipeline(args.model, up, **opts), {}
 
 
 def upsample_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -372,6 +406,8 @@ def recorded_settings(params: Mapping[str, Any]) -> dict[str, Any]:
         "sampler_options",
         "guidance",
         "guidance_scale",
+        "clip",
+        "clip_guidance_scale",
         "upsampled",
         "upsample_steps",
         "upsample_sampler",
@@ -421,8 +457,8 @@ def skip(args: argparse.Namespace, reason: str) -> int:
 
 
 def section_agreement(args: argparse.Namespace) -> int:
-    pipe = Text2ImagePipeline(args.model, args.upsampler, device=args.device, dtype=args.dtype)
-    kw = {**sampling_kwargs(args, Text2ImagePipeline), **upsample_kwargs(args)}
+    pipe, defaults = default_pipeline(args, "base")
+    kw = {**sampling_kwargs(args, type(pipe), defaults), **upsample_kwargs(args)}
     captions = canonical_captions(args.n, args.seed)
     logger.info("agreement: %d captions, %s", args.n, kw)
     finals, lows, params, seconds = sample_batches(pipe, captions, args.seed, args.batch, **kw)
@@ -834,7 +870,7 @@ def section_inpaint(args: argparse.Namespace) -> int:
             "`glidekit train configs/shapes-inpaint-32.yaml`); the package ships no "
             "glidekit/models/shapes-base-inpaint.safetensors yet.",
         )
-    pipe = InpaintPipeline(args.model, args.upsampler, device=args.device, dtype=args.dtype)
+    pipe, defaults = default_pipeline(args, "base_inpaint")
     base_size = pipe.base.model.config.image_size
     out_size = pipe.upsampler.model.config.image_size if pipe.upsampler else base_size
     if not pipe.base.model.config.inpaint:
@@ -844,7 +880,7 @@ def section_inpaint(args: argparse.Namespace) -> int:
             args.model,
             pipe.base.model.config.kind,
         )
-    kw = {**sampling_kwargs(args, InpaintPipeline), **upsample_kwargs(args)}
+    kw = {**sampling_kwargs(args, InpaintPipeline, defaults), **upsample_kwargs(args)}
     logger.info("inpaint: %d cases at %dpx (base %dpx), %s", args.n, out_size, base_size, kw)
     tallies = {"out": Tally(), "low": Tally(), "truth": Tally()}
     diffs: list[int] = []
@@ -1119,7 +1155,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--guidance",
         type=float,
         metavar="G",
-        help="guidance scale (default: the pipeline's: 3.0, inpainting 5.0)",
+        help="guidance scale (default: the model's, see --classifier-free; else the "
+        "pipeline's: 3.0, inpainting 5.0)",
+    )
+    common.add_argument(
+        "--clip-guidance",
+        type=float,
+        metavar="G",
+        help="inpaint: CLIP guidance scale added to classifier-free (default: the model's)",
+    )
+    common.add_argument(
+        "--classifier-free",
+        action="store_true",
+        help="agreement, inpaint: GLIDE's classifier-free guidance even for the embedded "
+        "models (default: how glidekit generate / inpaint run the model: CLIP guidance with "
+        "the embedded CLIP for the embedded shapes models)",
     )
     common.add_argument("--seed", type=int, default=0, help="captions, cases and sampling (0)")
     common.add_argument(

@@ -82,3 +82,123 @@ def test_the_shipped_clip_guides_the_shipped_base(tmp_path, monkeypatch):
     strong = pipe(caption, steps=6, guidance_scale=30.0, seed=3, upsample=False).images[0]
     assert weak.size == (32, 32)
     assert weak.tobytes() != strong.tobytes()
+
+
+def test_sampling_defaults_belong_to_the_embedded_files(tmp_path):
+    base = embedded.embedded_path("base")
+    pipeline, defaults = embedded.sampling_defaults("base", base)
+    assert pipeline == "clip-guided" and defaults == embedded.EMBEDDED_SAMPLING["base"][1]
+    assert defaults["steps"] >= 100 and defaults["guidance_scale"] > 0
+    pipeline, defaults = embedded.sampling_defaults("base_inpaint", str(embedded.embedded_path(
+        "base_inpaint")))  # fmt: skip
+    assert pipeline == "inpaint" and defaults["clip_guidance_scale"] > 0
+    defaults["steps"] = 1  # a copy: the table is not changed
+    assert embedded.sampling_defaults("base_inpaint", embedded.embedded_path("base_inpaint"))[1][
+        "steps"] != 1  # fmt: skip
+    # Other models (released names, other files, even a copy of the file) keep GLIDE's defaults.
+    copy = tmp_path / base.name
+    copy.write_bytes(base.read_bytes())
+    assert embedded.sampling_defaults("base", "base") is None
+    assert embedded.sampling_defaults("base", copy) is None
+    assert embedded.sampling_defaults("upsampler", embedded.embedded_path("upsampler")) is None
+
+
+def _cli_json(capsys, *argv):
+    import json
+
+    from glidekit.cli.main import main
+
+    code = main([*argv, "-q", "--json", "--no-upsample"])
+    captured = capsys.readouterr()
+    return code, (json.loads(captured.out) if code == 0 else None), captured.err
+
+
+def test_generate_uses_the_embedded_models_defaults(tmp_path, monkeypatch, capsys):
+    """No released weights: `glidekit generate` runs the embedded base CLIP-guided with the
+    embedded CLIP at EMBEDDED_SAMPLING's settings; options given win; --guidance
+    classifier-free gives GLIDE's defaults; a PNG's own guidance is repeated by --from."""
+    monkeypatch.setenv("GLIDEKIT_CACHE", str(tmp_path / "empty-cache"))
+    prompt = "a small red circle in the top left on a white background"
+    out = str(tmp_path / "out")
+    code, data, err = _cli_json(capsys, "generate", prompt, "--steps", "3", "--seed", "0",
+                                "-o", out)  # fmt: skip
+    assert code == 0, err
+    params = data["runs"][0]
+    scale = embedded.EMBEDDED_SAMPLING["base"][1]["guidance_scale"]
+    assert params["pipeline"] == "clip-guided" and params["guidance"] == "clip"
+    assert params["guidance_scale"] == scale and params["steps"] == "3"
+    assert params["clip"].endswith(embedded.CLIP_FILE)
+
+    code, data, err = _cli_json(capsys, "generate", prompt, "--steps", "3", "--seed", "0",
+                                "--guidance", "classifier-free", "-o", out)  # fmt: skip
+    assert code == 0, err
+    params = data["runs"][0]
+    assert params["pipeline"] == "text2image" and params["guidance_scale"] == 3.0
+    png = data["images"][0]["path"]
+
+    code, data, err = _cli_json(capsys, "generate", "--from", png, "-o", out)
+    assert code == 0, err
+    assert data["runs"][0]["pipeline"] == "text2image"  # not switched to CLIP guidance
+
+    code, _, err = _cli_json(capsys, "generate", prompt, "--guidance", "classifier-free",
+                             "--clip", "-o", out)  # fmt: skip
+    assert code == 2 and "--guidance classifier-free" in err
+
+
+def test_inpaint_uses_the_embedded_models_defaults(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from glidekit.data.shapes import canonical_caption, random_scene, render
+
+    monkeypatch.setenv("GLIDEKIT_CACHE", str(tmp_path / "empty-cache"))
+    scene = random_scene(0, position="top left")
+    render(scene, 32).save(tmp_path / "src.png")
+    mask = np.zeros((32, 32), np.uint8)
+    mask[16:, 16:] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    caption = canonical_caption(random_scene(1, position="bottom right", background=scene.background))
+    args = ["inpaint", str(tmp_path / "src.png"), str(tmp_path / "mask.png"), caption,
+            "--steps", "3", "--seed", "0", "-o", str(tmp_path / "out")]  # fmt: skip
+    code, data, err = _cli_json(capsys, *args)
+    assert code == 0, err
+    params = data["runs"][0]
+    defaults = embedded.EMBEDDED_SAMPLING["base_inpaint"][1]
+    assert params["clip_guidance_scale"] == defaults["clip_guidance_scale"]
+    assert params["guidance_scale"] == defaults["guidance_scale"]
+    assert params["clip"].endswith(embedded.CLIP_FILE)
+    out = np.asarray(Image.open(data["images"][0]["path"]).convert("RGB"))
+    assert (out[mask == 0] == np.asarray(render(scene, 32))[mask == 0]).all()
+
+    code, data, err = _cli_json(capsys, *args, "--clip-guidance-scale", "0", "-g", "5")
+    assert code == 0, err
+    params = data["runs"][0]
+    assert "clip" not in params and params["guidance_scale"] == 5.0
+
+    code, _, err = _cli_json(capsys, *args, "--clip-guidance-scale", "-1")
+    assert code == 2 and err.count("--clip-guidance-scale") == 1
+
+
+def test_inpaint_pipeline_composes_clip_guidance(tmp_path, monkeypatch):
+    import pytest
+    from PIL import Image
+
+    from glidekit.data.shapes import random_scene, render
+    from glidekit.pipelines import InpaintPipeline
+
+    monkeypatch.setenv("GLIDEKIT_CACHE", str(tmp_path / "empty-cache"))
+    pipe = InpaintPipeline.from_pretrained(device="cpu", upsampler=None)
+    src = render(random_scene(2, position="top left"), 32)
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (16, 16, 32, 32))
+    caption = "a large red circle in the bottom right"
+    plain = pipe(caption, src, mask, steps=5, seed=1)
+    guided = pipe(caption, src, mask, steps=5, seed=1, clip_guidance_scale=30.0)
+    assert "clip" not in plain.params and guided.params["clip_guidance_scale"] == 30.0
+    assert plain.images[0].tobytes() != guided.images[0].tobytes()
+    box = (0, 0, 16, 32)  # part of the known region
+    assert plain.images[0].crop(box).tobytes() == guided.images[0].crop(box).tobytes()
+    with pytest.raises(ValueError, match="clip_guidance_scale"):
+        pipe(caption, src, mask, steps=5, clip_guidance_scale=float("nan"))
+    with pytest.raises(TypeError, match="clip_guidance_scale"):
+        pipe(caption, src, mask, steps=5, clip_guidance_scale="high")

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+GUIDANCES = ("auto", "classifier-free", "clip")
+
 # Python argument names in pipeline errors -> how the command line spells them.
 _ARG_NAMES = {
     "prompt": "PROMPT",
@@ -40,6 +42,7 @@ _ARG_NAMES = {
     "upsampler": "--upsampler",
     "upsampler_inpaint": "--upsampler",
     "low_res_size": "--low-res-size",
+    "clip_guidance_scale": "--clip-guidance-scale",
 }
 
 
@@ -135,7 +138,16 @@ def register(subparsers: Any) -> None:
         help="bulk job: one prompt (or JSON object) per line; resumable, torchrun-shardable",
     )
     gen.add_argument("--from", dest="from_png", metavar="PNG", help="repeat a glidekit PNG's run")
-    gen.add_argument("--clip", action="store_true", help="CLIP guidance instead of classifier-free")
+    gen.add_argument(
+        "--guidance",
+        choices=GUIDANCES,
+        default="auto",
+        help=(
+            "auto (default): CLIP guidance with the embedded shapes models, which bind colour "
+            "and position only with their CLIP; classifier-free (GLIDE's) otherwise"
+        ),
+    )
+    gen.add_argument("--clip", action="store_true", help="the same as --guidance clip")
     gen.add_argument(
         "--clip-image-enc",
         metavar="NAME_OR_PATH",
@@ -160,6 +172,12 @@ def register(subparsers: Any) -> None:
     inp.add_argument("image", metavar="IMAGE")
     inp.add_argument("mask", metavar="MASK", help="mask image (white = replace) or 'alpha'")
     inp.add_argument("prompts", nargs="+", metavar="PROMPT")
+    inp.add_argument(
+        "--clip-guidance-scale",
+        type=float,
+        metavar="G",
+        help="add the noise-aware CLIP's gradient at this scale (0: off; embedded models: 20)",
+    )
     _fit(inp)
     _common(inp)
     inp.set_defaults(func=_inpaint)
@@ -266,6 +284,35 @@ def _pipeline(cls, args: argparse.Namespace, base_default: Any, up_default: Any,
     return cls(base, up, **kwargs)
 
 
+def _embedded_defaults(
+    args: argparse.Namespace, role: str, kw: dict[str, Any]
+) -> tuple[str, dict[str, Any]] | None:
+    """With the embedded shapes model as the ``role`` model (by default or named with
+    ``--base``), fill ``kw`` with its sampling defaults (options given on the command line win)
+    and return (pipeline name, defaults); else None (the pipelines' GLIDE defaults)."""
+    import logging
+
+    from glidekit.pipelines.common import default_source
+
+    try:
+        from glidekit.models import sampling_defaults
+    except ModuleNotFoundError:  # a build without the embedded models
+        return None
+    found = sampling_defaults(role, getattr(args, "base", None) or default_source(role))
+    if found is None:
+        return None
+    pipeline, defaults = found
+    for key, value in defaults.items():
+        kw.setdefault(key, value)
+    logging.getLogger(__name__).info(
+        "embedded shapes models: %s with %s (from glidekit.models.EMBEDDED_SAMPLING; options "
+        "given here win)",
+        "CLIP guidance" if pipeline == "clip-guided" else pipeline,
+        ", ".join(f"{k}={kw[k]}" for k in defaults),
+    )
+    return found
+
+
 def _check_outdir(outdir: str) -> Path:
     """Create the output folder (or refuse with exit code 2) before anything is computed."""
     import tempfile
@@ -346,7 +393,9 @@ def _from_png(args: argparse.Namespace, kw: dict[str, Any]) -> tuple[list[str], 
             f"--from: {args.from_png!r} was made by the {pipeline!r} pipeline; "
             "generate --from repeats text-to-image runs only"
         )
-    if pipeline == "clip-guided":
+    if args.guidance == "auto" and not args.clip:  # as the picture was made
+        args.guidance = "clip" if pipeline == "clip-guided" else "classifier-free"
+    if pipeline == "clip-guided" and args.guidance != "classifier-free":
         args.clip = True
         towers = str(params.get("clip") or "").split(",")
         if len(towers) == 2 and not (args.clip_image_enc or args.clip_text_enc):
@@ -414,6 +463,13 @@ def _generate(args: argparse.Namespace) -> int:
         prompts = args.prompts
     if not prompts:
         raise UsageError("PROMPT: no prompt given (pass one, --prompts-file or --from)")
+    if args.guidance == "clip":
+        args.clip = True
+    elif args.guidance == "classifier-free" and args.clip:
+        raise UsageError("--guidance classifier-free: contradicts --clip / --clip-*-enc")
+    if args.guidance != "classifier-free":
+        embedded = _embedded_defaults(args, "base", kw)
+        args.clip = args.clip or (embedded is not None and embedded[0] == "clip-guided")
     _call(_check_early, kw)
     for item in items or []:
         if item.overrides:
@@ -433,6 +489,10 @@ def _generate(args: argparse.Namespace) -> int:
             args.clip_image_enc or RELEASED_CLIP[0],
             args.clip_text_enc or RELEASED_CLIP[1],
         )
+    elif args.clip:
+        from glidekit.pipelines.common import default_source
+
+        extra["clip"] = default_source("clip")  # the embedded CLIP beside the embedded base
     cls = ClipGuidedPipeline if args.clip else Text2ImagePipeline
     pipe = _call(_pipeline, cls, args, "base", "upsampler", **extra)
     names = dict(_ARG_NAMES, clip_image_enc="--clip-image-enc", clip_text_enc="--clip-text-enc")
@@ -474,6 +534,7 @@ def _json_options(kw: dict[str, Any]) -> dict[str, Any]:
 
 def _inpaint(args: argparse.Namespace) -> int:
     from glidekit.pipelines import InpaintPipeline
+    from glidekit.pipelines.common import default_source
     from glidekit.pipelines.images import check_mask_coverage, load_replace_mask, load_source
 
     kw = _call(_kwargs, args)
@@ -482,9 +543,13 @@ def _inpaint(args: argparse.Namespace) -> int:
     _call(load_source, args.image, args.fit, "IMAGE")
     _call(check_mask_coverage, _call(load_replace_mask, args.image, mask, args.fit, **names),
           "MASK")  # fmt: skip
+    if args.clip_guidance_scale is not None:
+        kw["clip_guidance_scale"] = args.clip_guidance_scale
     _call(_check_early, kw)
     _check_outdir(args.outdir)
-    pipe = _call(_pipeline, InpaintPipeline, args, "base_inpaint", "upsampler_inpaint")
+    _embedded_defaults(args, "base_inpaint", kw)
+    pipe = _call(_pipeline, InpaintPipeline, args, "base_inpaint", "upsampler_inpaint",
+                 clip=default_source("clip"))  # fmt: skip
     result = _call(pipe, args.prompts, args.image, mask, fit=args.fit, **kw)
     return _write([result], args, "inpaint")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,19 @@ ROLES: dict[str, tuple[str, str]] = {
 
 #: the embedded shapes-world noise-aware CLIP (both towers and their vocabulary in one file)
 CLIP_FILE = "shapes-clip.safetensors"
+
+#: How the embedded models sample by default: role -> (pipeline, its keyword defaults). The
+#: small shapes base binds the object's colour and position only with its CLIP's help, so
+#: text to image is CLIP-guided (ClipGuidedPipeline, 250 ancestral steps) and inpainting adds
+#: the CLIP's gradient to classifier-free guidance 1 (InpaintPipeline). Measured in
+#: benchmarks/RESULTS.md ("Embedded shapes models"); the released models keep GLIDE's defaults.
+EMBEDDED_SAMPLING: dict[str, tuple[str, dict[str, Any]]] = {
+    "base": ("clip-guided", {"guidance_scale": 20.0, "steps": 250}),
+    "base_inpaint": (
+        "inpaint",
+        {"guidance_scale": 1.0, "clip_guidance_scale": 20.0, "steps": 100},
+    ),
+}
 
 
 def released_in_cache(name: str) -> bool:
@@ -85,3 +99,16 @@ def default_clip() -> str | tuple[str, str]:
     logger.info("no released base checkpoint in the cache: CLIP guidance uses the embedded "
                 "shapes-world CLIP %s", path.name)  # fmt: skip
     return str(path)
+
+
+def sampling_defaults(role: str, source: Any) -> tuple[str, dict[str, Any]] | None:
+    """``(pipeline name, keyword defaults)`` for sampling with ``source`` as the ``role`` model
+    ("base" or "base_inpaint") if it is the embedded one (see :data:`EMBEDDED_SAMPLING`),
+    else None (GLIDE's defaults apply)."""
+    if role not in EMBEDDED_SAMPLING or not isinstance(source, (str, Path)):
+        return None
+    path = embedded_path(role)
+    if path is None or Path(source).resolve() != path:
+        return None
+    pipeline, defaults = EMBEDDED_SAMPLING[role]
+    return pipeline, dict(defaults)

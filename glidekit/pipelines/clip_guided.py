@@ -121,15 +121,77 @@ def load_clip_pair(sources: tuple[Any, Any], tokenizer: Any = None, cache_dir: A
     return model
 
 
+class ClipSlot:
+    """A noise-aware CLIP for guidance, loaded on first use (as the pipelines' model slots).
+
+    ``source``: a :class:`glidekit.clip.NoisedCLIP` (used as is), a CLIP file written by
+    ``glidekit train`` (both towers, its config and vocabulary: a shapes-world CLIP reads its
+    own words), or an ``(image_encoder, text_encoder)`` pair of released names or checkpoint
+    paths loaded into the released architecture (None: the released towers). ``tokenizer``:
+    path of the CLIP BPE merges file if it is not in the glidekit cache.
+    """
+
+    def __init__(
+        self,
+        source: Any = None,
+        tokenizer: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        self.source = source if source is not None else RELEASED_CLIP
+        self.tokenizer = tokenizer
+        self.cache_dir = cache_dir
+        self._model = None
+
+    @property
+    def label(self) -> str:
+        """How the CLIP is named in a result's params."""
+        src = self.source
+        if isinstance(src, tuple):
+            return ",".join(str(s) for s in src)
+        if isinstance(src, (str, os.PathLike)):
+            return str(src)
+        return "custom"
+
+    def get(self, device: torch.device):
+        """The noise-aware CLIP on ``device`` (float32, eval mode)."""
+        if self._model is None:
+            from glidekit.clip import NoisedCLIP
+
+            src = self.source
+            if isinstance(src, NoisedCLIP):
+                model = src
+            elif isinstance(src, tuple) and len(src) == 2:
+                model = load_clip_pair(src, self.tokenizer, self.cache_dir)
+            elif isinstance(src, (str, os.PathLike)):  # one file with both towers
+                model = load_clip_pair((src, src), self.tokenizer, self.cache_dir)
+            else:
+                raise TypeError(
+                    "clip must be a NoisedCLIP, a CLIP file written by glidekit train, or an "
+                    "(image encoder, text encoder) pair of "
+                    f"names/paths, got {type(src).__name__}"
+                )
+            self._model = model.to(device).float().eval()
+        return self._model
+
+    def cond_fn(self, device: torch.device, rows: list[str], scale: float, image_size: int):
+        """The CLIP-guidance function for ``rows`` (see :meth:`NoisedCLIP.cond_fn`), after
+        checking that the CLIP sees the base model's ``image_size``."""
+        clip = self.get(device)
+        if clip.config.image_size != image_size:
+            raise ValueError(
+                f"clip: the CLIP model sees {clip.config.image_size}x{clip.config.image_size} "
+                f"images but the base model makes {image_size}x{image_size}"
+            )
+        with torch.no_grad():
+            return clip.cond_fn(rows, scale)
+
+
 class ClipGuidedPipeline(GlidePipeline):
     """Text to image guided by GLIDE's noise-aware CLIP.
 
-    ``clip``: a :class:`glidekit.clip.NoisedCLIP` (used as is), a CLIP file written by
-    ``glidekit train`` (both towers, its config and vocabulary: a shapes-world CLIP reads its
-    own words), or an ``(image_encoder, text_encoder)`` pair of released names or checkpoint
-    paths loaded into the released architecture (default: the released towers), loaded on
-    first use. ``clip_tokenizer``: path of the CLIP BPE merges file if it is not in the
-    glidekit cache.
+    ``clip``: anything :class:`ClipSlot` takes (default: the released towers), loaded on first
+    use. ``clip_tokenizer``: path of the CLIP BPE merges file if it is not in the glidekit
+    cache.
     """
 
     pipeline_name = "clip-guided"
@@ -144,10 +206,7 @@ class ClipGuidedPipeline(GlidePipeline):
         **kwargs: Any,
     ) -> None:
         super().__init__(base, upsampler, **kwargs)
-        self._clip_source = clip if clip is not None else RELEASED_CLIP
-        self._clip_tokenizer = clip_tokenizer
-        self._clip = None
-        self._cache_dir = kwargs.get("cache_dir")
+        self.clip_slot = ClipSlot(clip, clip_tokenizer, kwargs.get("cache_dir"))
 
     @classmethod
     def from_pretrained(cls, base=None, upsampler=_DEFAULT, clip=None, **kwargs: Any):  # type: ignore[override]
@@ -160,34 +219,12 @@ class ClipGuidedPipeline(GlidePipeline):
 
     @property
     def clip_label(self) -> str:
-        src = self._clip_source
-        if isinstance(src, tuple):
-            return ",".join(str(s) for s in src)
-        if isinstance(src, (str, os.PathLike)):
-            return str(src)
-        return "custom"
+        return self.clip_slot.label
 
     @property
     def clip(self):
         """The noise-aware CLIP, on the pipeline's device (float32)."""
-        if self._clip is None:
-            from glidekit.clip import NoisedCLIP
-
-            src = self._clip_source
-            if isinstance(src, NoisedCLIP):
-                model = src
-            elif isinstance(src, tuple) and len(src) == 2:
-                model = load_clip_pair(src, self._clip_tokenizer, self._cache_dir)
-            elif isinstance(src, (str, os.PathLike)):  # one file with both towers
-                model = load_clip_pair((src, src), self._clip_tokenizer, self._cache_dir)
-            else:
-                raise TypeError(
-                    "clip must be a NoisedCLIP, a CLIP file written by glidekit train, or an "
-                    "(image encoder, text encoder) pair of "
-                    f"names/paths, got {type(src).__name__}"
-                )
-            self._clip = model.to(self.device).float().eval()
-        return self._clip
+        return self.clip_slot.get(self.device)
 
     def __call__(
         self,
@@ -220,14 +257,7 @@ class ClipGuidedPipeline(GlidePipeline):
         upsample = bool(upsample) and self.upsampler_slot is not None
         rows = expand_prompts(prompts, num_images)
         base_size = self.base.model.config.image_size
-        clip = self.clip
-        if clip.config.image_size != base_size:
-            raise ValueError(
-                f"clip: the CLIP model sees {clip.config.image_size}x{clip.config.image_size} "
-                f"images but the base model makes {base_size}x{base_size}"
-            )
-        with torch.no_grad():
-            cond_fn = clip.cond_fn(rows, guidance_scale)
+        cond_fn = self.clip_slot.cond_fn(self.device, rows, guidance_scale, base_size)
         base_stage = Stage(steps, sampler, dict(sampler_options or {}), None, cond_fn=cond_fn)
         up_stage = Text2ImagePipeline._up_stage(up) if upsample else None
         return self._run(
