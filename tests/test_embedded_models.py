@@ -157,7 +157,9 @@ def test_inpaint_uses_the_embedded_models_defaults(tmp_path, monkeypatch, capsys
     mask = np.zeros((32, 32), np.uint8)
     mask[16:, 16:] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    caption = canonical_caption(random_scene(1, position="bottom right", background=scene.background))
+    caption = canonical_caption(
+        random_scene(1, position="bottom right", background=scene.background)
+    )
     args = ["inpaint", str(tmp_path / "src.png"), str(tmp_path / "mask.png"), caption,
             "--steps", "3", "--seed", "0", "-o", str(tmp_path / "out")]  # fmt: skip
     code, data, err = _cli_json(capsys, *args)
