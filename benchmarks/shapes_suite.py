@@ -13,8 +13,11 @@
 
 Every section prints a Markdown table on stdout (progress goes to the log on stderr) and, with
 ``--json PATH``, writes the numbers with the command line, versions, CPU, seeds and sampling
-settings. Defaults are the pipelines' own (100 ancestral steps; guidance 3.0, inpainting 5.0);
-``--model`` defaults to the embedded ``glidekit/models/shapes-base.safetensors`` (inpainting:
+settings. ``agreement`` and ``inpaint`` sample as ``glidekit generate`` / ``glidekit inpaint``
+do by default: for the embedded shapes models, their ``glidekit.models.EMBEDDED_SAMPLING``
+(CLIP guidance with the embedded CLIP); for other models (or with ``--classifier-free``) the
+pipelines' own defaults (100 ancestral steps; classifier-free guidance 3.0, inpainting 5.0);
+options given win. The other sections use the pipelines' defaults. ``--model`` defaults to the embedded ``glidekit/models/shapes-base.safetensors`` (inpainting:
 ``shapes-base-inpaint.safetensors``). All runs are seeded: the same command gives the same
 captions and pictures (for the same ``--batch``: one random generator serves each batch).
 

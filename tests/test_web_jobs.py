@@ -156,3 +156,39 @@ def test_inpaint_keeps_the_unmasked_region(jobs):
         jobs.inpaint(picture, Image.new("L", (48, 48), 0), "a dog")
     with pytest.raises(InputError, match="does not match"):
         jobs.inpaint(picture, square_mask((40, 48), (1, 1, 5, 5)), "a dog")
+
+
+def test_embedded_models_sample_with_their_own_defaults(tmp_path, monkeypatch):
+    """No released weights and no models named: the app serves the embedded cascade with
+    glidekit.models.EMBEDDED_SAMPLING (CLIP guidance), as the command line does; PNGs sent out
+    name the CLIP without the server's path."""
+    import glidekit.models as embedded
+    from glidekit.pipelines import ClipGuidedPipeline
+
+    monkeypatch.setenv("GLIDEKIT_CACHE", str(tmp_path / "empty-cache"))
+    app = Jobs(WebConfig(workdir=tmp_path / "work", device="cpu", upsampler="none",
+                         inpaint_upsampler="none"))  # fmt: skip
+    gen, inp = embedded.EMBEDDED_SAMPLING["base"][1], embedded.EMBEDDED_SAMPLING["base_inpaint"][1]
+    assert isinstance(app.text2image, ClipGuidedPipeline)
+    assert app.default("generate", "guidance_scale") == gen["guidance_scale"]
+    assert app.default("generate", "steps") == str(gen["steps"])
+    assert app.default("inpaint", "guidance_scale") == inp["guidance_scale"]
+    assert app.default("generate", "guidance_scale", 7.0) == 7.0  # a value given wins
+    out = app.generate("a large red square at the center", steps="3", seed=1, random_seed=False)
+    assert (
+        out.params["guidance"] == "clip" and out.params["guidance_scale"] == gen["guidance_scale"]
+    )
+    assert read_png_params(out.paths[0])["clip"] == embedded.CLIP_FILE
+    picture = Image.new("RGB", (32, 32), (245, 245, 245))
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (0, 0, 16, 16))
+    out = app.inpaint(picture, mask, "a small red circle in the top left", steps="3", seed=1,
+                      random_seed=False)  # fmt: skip
+    assert out.params["clip_guidance_scale"] == inp["clip_guidance_scale"]
+
+
+def test_released_style_models_keep_glide_defaults(jobs):
+    assert type(jobs.text2image).__name__ == "Text2ImagePipeline"
+    assert jobs.default("generate", "guidance_scale") == 3.0
+    assert jobs.default("inpaint", "guidance_scale") == 5.0
+    assert jobs.default("generate", "steps") == jobs.config.default_steps

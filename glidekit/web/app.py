@@ -206,14 +206,15 @@ def build_app(config: WebConfig, jobs: Jobs | None = None) -> Any:
                            status=lambda text: progress(0, desc=text),
                            callback=live(request, progress))  # fmt: skip
 
-    def controls(guidance: float) -> list[Any]:
+    def controls(job: str) -> list[Any]:
         with gr.Row():
             num = gr.Slider(1, lim.max_images, value=1, step=1, label="Number of images")
-            scale = gr.Slider(0.0, min(lim.max_guidance, 20.0), value=guidance, step=0.5,
+            scale = gr.Slider(0.0, min(lim.max_guidance, 20.0),
+                              value=jobs.default(job, "guidance_scale"), step=0.5,
                               label="Guidance scale")  # fmt: skip
         with gr.Row():
             steps = gr.Textbox(
-                value=config.default_steps,
+                value=jobs.default(job, "steps"),
                 label="Steps",
                 info=f"a count or a respacing (50, ddim50, karras25); at most {lim.max_steps}",
                 max_lines=1,
@@ -240,7 +241,7 @@ def build_app(config: WebConfig, jobs: Jobs | None = None) -> Any:
                             label="Prompt", placeholder="an oil painting of a corgi",
                             max_lines=3, max_length=lim.max_prompt_chars, elem_id="gen-prompt",
                         )  # fmt: skip
-                        g_controls = controls(3.0)
+                        g_controls = controls("generate")
                         with gr.Row():
                             g_run = gr.Button("Generate", variant="primary", elem_id="gen-run")
                             g_stop = gr.Button("Cancel", variant="stop", elem_id="gen-cancel")
@@ -285,7 +286,7 @@ def build_app(config: WebConfig, jobs: Jobs | None = None) -> Any:
                             label="Prompt", placeholder="a corgi wearing a hat", max_lines=3,
                             max_length=lim.max_prompt_chars, elem_id="inp-prompt",
                         )  # fmt: skip
-                        i_controls = controls(5.0)
+                        i_controls = controls("inpaint")
                         with gr.Row():
                             i_run = gr.Button("Inpaint", variant="primary", elem_id="inp-run")
                             i_stop = gr.Button("Cancel", variant="stop", elem_id="inp-cancel")

@@ -342,6 +342,16 @@ def _source(value: str | None, role: str) -> Any:
     return value
 
 
+def _embedded_sampling(role: str, source: Any) -> dict[str, Any]:
+    """The embedded model's sampling defaults if ``source`` is it, else {}."""
+    try:
+        from glidekit.models import sampling_defaults
+    except ModuleNotFoundError:  # a build without the embedded models
+        return {}
+    found = sampling_defaults(role, source)
+    return found[1] if found is not None else {}
+
+
 @dataclass
 class JobResult:
     """What a job made: PNG files (carrying their parameters) and how they were made."""
@@ -361,17 +371,25 @@ class Jobs:
     """
 
     def __init__(self, config: WebConfig) -> None:
-        from glidekit.pipelines import InpaintPipeline, Text2ImagePipeline
+        from glidekit.pipelines import ClipGuidedPipeline, InpaintPipeline, Text2ImagePipeline
+        from glidekit.pipelines.common import default_source
 
         self.config = config
         self.limits = config.limits
         opts = {"device": config.device, "dtype": config.dtype, "cache_dir": config.cache_dir}
-        self.text2image = Text2ImagePipeline(
-            _source(config.base, "base"), _source(config.upsampler, "upsampler"), **opts
-        )
+        base = _source(config.base, "base")
+        inpaint = _source(config.inpaint, "base_inpaint")
+        # The embedded shapes models sample as `glidekit generate` / `inpaint` run them
+        # (glidekit.models.EMBEDDED_SAMPLING: CLIP guidance); other models as GLIDE does.
+        self.defaults = {"generate": _embedded_sampling("base", base),
+                         "inpaint": _embedded_sampling("base_inpaint", inpaint)}  # fmt: skip
+        t2i = ClipGuidedPipeline if self.defaults["generate"] else Text2ImagePipeline
+        clip = {"clip": default_source("clip")} if self.defaults["generate"] else {}
+        self.text2image = t2i(base, _source(config.upsampler, "upsampler"), **clip, **opts)
         self.inpainter = InpaintPipeline(
-            _source(config.inpaint, "base_inpaint"),
+            inpaint,
             _source(config.inpaint_upsampler, "upsampler_inpaint"),
+            clip=default_source("clip"),
             **opts,
         )
         self.upsample_steps = check_steps(
@@ -379,6 +397,16 @@ class Jobs:
         )
         self._lock = threading.Lock()
         config.outputs_dir.mkdir(parents=True, exist_ok=True)
+
+    def default(self, job: str, name: str, value: Any = None) -> Any:
+        """``value``, or if None the default of ``name`` (guidance_scale, steps) for ``job``
+        (generate, inpaint): the embedded models' own where they are in use, else GLIDE's."""
+        if value is not None:
+            return value
+        glide = {"guidance_scale": 3.0 if job == "generate" else 5.0,
+                 "steps": self.config.default_steps}  # fmt: skip
+        found = self.defaults[job].get(name, glide[name])
+        return str(found) if name == "steps" else found
 
     # ------------------------------------------------------------------ description
     def models(self) -> dict[str, tuple[str | None, str]]:
@@ -401,6 +429,11 @@ class Jobs:
         for role, (label, kind) in self.models().items():
             shown = Path(label).name if label and kind != "released GLIDE weights" else label
             lines.append(f"- {role}: `{shown}` ({kind})" if label else f"- {role}: none")
+        if self.defaults["generate"] or self.defaults["inpaint"]:
+            lines.append(
+                "\nThe embedded shapes models are guided by their CLIP (Generate: the guidance "
+                "scale is the CLIP's; Inpaint: the CLIP is added to classifier-free guidance)."
+            )
         lim = self.limits
         lines.append(
             f"\nDevice: `{self.text2image.device}`. Limits per request: {lim.max_images} images, "
@@ -458,7 +491,7 @@ class Jobs:
         paths = []
         for i, img in enumerate(result.images):
             params = result.image_params(i)
-            for key in ("base", "upsampler"):  # no server paths in files sent to users
+            for key in ("base", "upsampler", "clip"):  # no server paths in files sent out
                 if isinstance(params.get(key), str) and Path(params[key]).is_absolute():
                     params[key] = Path(params[key]).name
             paths.append(save_png(img, folder / f"{stem}-{i}.png", params))
@@ -480,8 +513,8 @@ class Jobs:
         self,
         prompt: Any,
         num_images: Any = 1,
-        guidance_scale: Any = 3.0,
-        steps: Any = "100",
+        guidance_scale: Any = None,
+        steps: Any = None,
         sampler: Any = "ancestral",
         seed: Any = None,
         random_seed: bool = True,
@@ -492,10 +525,15 @@ class Jobs:
     ) -> JobResult:
         """Text to image; returns the PNG paths. Raises :class:`InputError` for bad input.
 
+        ``guidance_scale`` / ``steps``: None = :meth:`default` (classifier-free 3.0 and
+        ``config.default_steps``; the embedded models' own, CLIP guidance, with those).
+
         ``progress``: the pipelines' progress bars (tqdm); ``status``: called with what the job
         is doing ("Waiting for the previous job to finish", "Loading the models", "Sampling");
         ``callback(stage, step, total)`` after every sampler step (raising in it cancels).
         """
+        guidance_scale = self.default("generate", "guidance_scale", guidance_scale)
+        steps = self.default("generate", "steps", steps)
         args = self._common(prompt, num_images, guidance_scale, steps, sampler, seed, random_seed)
         result = self._sample(
             self.text2image,
@@ -522,8 +560,8 @@ class Jobs:
         mask: Image.Image | None,
         prompt: Any,
         num_images: Any = 1,
-        guidance_scale: Any = 5.0,
-        steps: Any = "100",
+        guidance_scale: Any = None,
+        steps: Any = None,
         sampler: Any = "ancestral",
         seed: Any = None,
         random_seed: bool = True,
@@ -532,9 +570,13 @@ class Jobs:
         status: Callable[[str], None] | None = None,
         callback: Callable[[str, int, int], None] | None = None,
     ) -> JobResult:
-        """Replace the white region of ``mask`` in ``image`` (both decoded and checked)."""
+        """Replace the white region of ``mask`` in ``image`` (both decoded and checked);
+        ``guidance_scale`` / ``steps``: None = :meth:`default` (5.0 and
+        ``config.default_steps``, or the embedded inpainting model's)."""
         from glidekit.pipelines.images import keep_tensors, load_replace_mask, load_source, resize
 
+        guidance_scale = self.default("inpaint", "guidance_scale", guidance_scale)
+        steps = self.default("inpaint", "steps", steps)
         args = self._common(prompt, num_images, guidance_scale, steps, sampler, seed, random_seed)
         if mask is None:
             raise InputError(
@@ -558,6 +600,7 @@ class Jobs:
             replace,
             num_images=args["num_images"],
             guidance_scale=args["guidance_scale"],
+            clip_guidance_scale=self.defaults["inpaint"].get("clip_guidance_scale", 0.0),
             seed=args["seed"],
             steps=args["steps"],
             sampler=args["sampler"],
