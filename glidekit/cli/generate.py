@@ -69,7 +69,8 @@ def _common(p: argparse.ArgumentParser, *, guidance: bool = True, upsample: bool
             "--guidance-scale",
             type=float,
             metavar="G",
-            help="guidance scale (classifier-free: 3.0, inpainting 5.0; CLIP: 3.0)",
+            help="guidance scale (classifier-free: 3.0, inpainting 5.0; CLIP: 3.0; the "
+            "embedded models: their own, see glidekit.models.EMBEDDED_SAMPLING)",
         )
     p.add_argument(
         "--steps",
@@ -176,7 +177,7 @@ def register(subparsers: Any) -> None:
         "--clip-guidance-scale",
         type=float,
         metavar="G",
-        help="add the noise-aware CLIP's gradient at this scale (0: off; embedded models: 20)",
+        help="add the noise-aware CLIP's gradient at this scale (0: off; embedded models: 30)",
     )
     _fit(inp)
     _common(inp)

@@ -32,13 +32,13 @@ CLIP_FILE = "shapes-clip.safetensors"
 #: How the embedded models sample by default: role -> (pipeline, its keyword defaults). The
 #: small shapes base binds the object's colour and position only with its CLIP's help, so
 #: text to image is CLIP-guided (ClipGuidedPipeline, 250 ancestral steps) and inpainting adds
-#: the CLIP's gradient to classifier-free guidance 1 (InpaintPipeline). Measured in
+#: the CLIP's gradient to classifier-free guidance 3 (InpaintPipeline). Measured in
 #: benchmarks/RESULTS.md ("Embedded shapes models"); the released models keep GLIDE's defaults.
 EMBEDDED_SAMPLING: dict[str, tuple[str, dict[str, Any]]] = {
     "base": ("clip-guided", {"guidance_scale": 20.0, "steps": 250}),
     "base_inpaint": (
         "inpaint",
-        {"guidance_scale": 1.0, "clip_guidance_scale": 20.0, "steps": 100},
+        {"guidance_scale": 3.0, "clip_guidance_scale": 30.0, "steps": 100},
     ),
 }
 
