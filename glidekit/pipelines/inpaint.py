@@ -168,7 +168,7 @@ class InpaintPipeline(GlidePipeline):
             progress=progress,
             callback=callback,
             num_images=num_images,
-            guidance="classifier-free",
+            guidance="classifier-free+clip" if cond_fn is not None else "classifier-free",
             guidance_scale=guidance_scale,
             **clip_params,
             steps=steps,
