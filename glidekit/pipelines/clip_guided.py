@@ -186,15 +186,13 @@ class ClipSlot:
             return clip.cond_fn(rows, scale)
 
 
-class ClipGuidedPipeline(GlidePipeline):
-    """Text to image guided by GLIDE's noise-aware CLIP.
+class ClipGuidable(GlidePipeline):
+    """A pipeline whose base stage the noise-aware CLIP can steer (text to image, inpainting).
 
     ``clip``: anything :class:`ClipSlot` takes (default: the released towers), loaded on first
     use. ``clip_tokenizer``: path of the CLIP BPE merges file if it is not in the glidekit
     cache.
     """
-
-    pipeline_name = "clip-guided"
 
     def __init__(
         self,
@@ -225,6 +223,13 @@ class ClipGuidedPipeline(GlidePipeline):
     def clip(self):
         """The noise-aware CLIP, on the pipeline's device (float32)."""
         return self.clip_slot.get(self.device)
+
+
+class ClipGuidedPipeline(ClipGuidable):
+    """Text to image guided by GLIDE's noise-aware CLIP (see :class:`ClipGuidable` for
+    ``clip``)."""
+
+    pipeline_name = "clip-guided"
 
     def __call__(
         self,

@@ -16,9 +16,8 @@ from typing import Any
 from PIL import Image
 
 from glidekit.guidance import check_guidance_scale
+from glidekit.pipelines.clip_guided import ClipGuidable
 from glidekit.pipelines.common import (
-    RELEASED_CLIP,
-    ModelSource,
     PipelineResult,
     check_count,
     check_number,
@@ -27,13 +26,7 @@ from glidekit.pipelines.common import (
     get_sampler,
     respacing_spelling,
 )
-from glidekit.pipelines.engine import (
-    _DEFAULT,
-    GlidePipeline,
-    Stage,
-    StepCallback,
-    upsample_stage_args,
-)
+from glidekit.pipelines.engine import Stage, StepCallback, upsample_stage_args
 from glidekit.pipelines.images import (
     check_fit,
     check_mask_coverage,
@@ -56,7 +49,7 @@ def input_label(source: Any) -> str | None:
     return f"<{type(source).__name__}>"
 
 
-class InpaintPipeline(GlidePipeline):
+class InpaintPipeline(ClipGuidable):
     """GLIDE inpainting, as the official inpaint notebook runs it.
 
     >>> pipe = InpaintPipeline.from_pretrained()     # released base-inpaint + upsample-inpaint
@@ -64,35 +57,14 @@ class InpaintPipeline(GlidePipeline):
 
     ``image``: a path, bytes or PIL image of any size and mode; ``mask``: the same (white =
     replace) or None for the image's alpha channel; both must have the same size. ``fit``:
-    "crop" (centre square) or "pad" (grey borders, kept) for non-square pictures.
+    "crop" (centre square) or "pad" (grey borders, kept) for non-square pictures. ``clip``
+    (see :class:`~glidekit.pipelines.clip_guided.ClipGuidable`) is used only with
+    ``clip_guidance_scale`` > 0.
     """
 
     pipeline_name = "inpaint"
     base_role = "base_inpaint"
     upsampler_role = "upsampler_inpaint"
-
-    def __init__(
-        self,
-        base: ModelSource | None = None,
-        upsampler: ModelSource | None = None,
-        *,
-        clip: Any = RELEASED_CLIP,
-        clip_tokenizer: str | os.PathLike | None = None,
-        **kwargs: Any,
-    ) -> None:
-        from glidekit.pipelines.clip_guided import ClipSlot
-
-        super().__init__(base, upsampler, **kwargs)
-        self.clip_slot = ClipSlot(clip, clip_tokenizer, kwargs.get("cache_dir"))
-
-    @classmethod
-    def from_pretrained(cls, base=None, upsampler=_DEFAULT, clip=None, **kwargs: Any):  # type: ignore[override]
-        """As :meth:`GlidePipeline.from_pretrained`; ``clip`` (used only with
-        ``clip_guidance_scale`` > 0) defaults to ``glidekit.models.default_clip()``."""
-        from glidekit.pipelines.common import default_source
-
-        clip = default_source("clip") if clip is None else clip
-        return super().from_pretrained(base, upsampler, clip=clip, **kwargs)
 
     def __call__(
         self,
