@@ -370,10 +370,9 @@ def default_pipeline(args: argparse.Namespace, role: str) -> tuple[Any, dict[str
     embedded shapes models, ``glidekit.models.EMBEDDED_SAMPLING`` (CLIP guidance with the
     embedded CLIP); otherwise classifier-free guidance with the pipeline's defaults.
     ``--classifier-free`` forces the latter."""
-    from glidekit.models import sampling_defaults
-    from glidekit.pipelines.common import default_source
+    from glidekit.pipelines.common import default_source, embedded_sampling
 
-    found = None if args.classifier_free else sampling_defaults(role, args.model)
+    found = None if args.classifier_free else embedded_sampling(role, args.model)
     name, defaults = found or (None, {})
     opts = {"device": args.device, "dtype": args.dtype}
     if role == "base_inpaint":

@@ -293,13 +293,9 @@ def _embedded_defaults(
     and return (pipeline name, defaults); else None (the pipelines' GLIDE defaults)."""
     import logging
 
-    from glidekit.pipelines.common import default_source
+    from glidekit.pipelines.common import default_source, embedded_sampling
 
-    try:
-        from glidekit.models import sampling_defaults
-    except ModuleNotFoundError:  # a build without the embedded models
-        return None
-    found = sampling_defaults(role, getattr(args, "base", None) or default_source(role))
+    found = embedded_sampling(role, getattr(args, "base", None) or default_source(role))
     if found is None:
         return None
     pipeline, defaults = found

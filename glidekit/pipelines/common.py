@@ -451,6 +451,19 @@ def default_source(role: str) -> ModelSource:
     return fn() if fn is not None else _DEFAULT_NAMES[role]
 
 
+def embedded_sampling(role: str, source: Any) -> tuple[str, dict[str, Any]] | None:
+    """``(pipeline name, keyword defaults)`` if ``source`` is the package's embedded model of
+    ``role`` ("base", "base_inpaint"; see ``glidekit.models.EMBEDDED_SAMPLING``), else None:
+    GLIDE's defaults apply (also in a build that ships no embedded models)."""
+    try:
+        from glidekit.models import sampling_defaults  # type: ignore[import-not-found]
+    except ModuleNotFoundError as exc:
+        if exc.name != "glidekit.models":
+            raise
+        return None
+    return sampling_defaults(role, source)
+
+
 # --------------------------------------------------------------------------- results
 
 

@@ -342,16 +342,6 @@ def _source(value: str | None, role: str) -> Any:
     return value
 
 
-def _embedded_sampling(role: str, source: Any) -> dict[str, Any]:
-    """The embedded model's sampling defaults if ``source`` is it, else {}."""
-    try:
-        from glidekit.models import sampling_defaults
-    except ModuleNotFoundError:  # a build without the embedded models
-        return {}
-    found = sampling_defaults(role, source)
-    return found[1] if found is not None else {}
-
-
 @dataclass
 class JobResult:
     """What a job made: PNG files (carrying their parameters) and how they were made."""
@@ -372,7 +362,7 @@ class Jobs:
 
     def __init__(self, config: WebConfig) -> None:
         from glidekit.pipelines import ClipGuidedPipeline, InpaintPipeline, Text2ImagePipeline
-        from glidekit.pipelines.common import default_source
+        from glidekit.pipelines.common import default_source, embedded_sampling
 
         self.config = config
         self.limits = config.limits
@@ -381,8 +371,9 @@ class Jobs:
         inpaint = _source(config.inpaint, "base_inpaint")
         # The embedded shapes models sample as `glidekit generate` / `inpaint` run them
         # (glidekit.models.EMBEDDED_SAMPLING: CLIP guidance); other models as GLIDE does.
-        self.defaults = {"generate": _embedded_sampling("base", base),
-                         "inpaint": _embedded_sampling("base_inpaint", inpaint)}  # fmt: skip
+        self.defaults = {job: (embedded_sampling(role, src) or ("", {}))[1]
+                         for job, role, src in (("generate", "base", base),
+                                                ("inpaint", "base_inpaint", inpaint))}  # fmt: skip
         t2i = ClipGuidedPipeline if self.defaults["generate"] else Text2ImagePipeline
         clip = {"clip": default_source("clip")} if self.defaults["generate"] else {}
         self.text2image = t2i(base, _source(config.upsampler, "upsampler"), **clip, **opts)
