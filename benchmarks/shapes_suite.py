@@ -17,7 +17,8 @@ settings. ``agreement`` and ``inpaint`` sample as ``glidekit generate`` / ``glid
 do by default: for the embedded shapes models, their ``glidekit.models.EMBEDDED_SAMPLING``
 (CLIP guidance with the embedded CLIP); for other models (or with ``--classifier-free``) the
 pipelines' own defaults (100 ancestral steps; classifier-free guidance 3.0, inpainting 5.0);
-options given win. The other sections use the pipelines' defaults. ``--model`` defaults to the embedded ``glidekit/models/shapes-base.safetensors`` (inpainting:
+options given win. The other sections use the pipelines' defaults. ``--model`` defaults to
+the embedded ``glidekit/models/shapes-base.safetensors`` (inpainting:
 ``shapes-base-inpaint.safetensors``). All runs are seeded: the same command gives the same
 captions and pictures (for the same ``--batch``: one random generator serves each batch).
 
@@ -375,12 +376,10 @@ def default_pipeline(args: argparse.Namespace, role: str) -> tuple[Any, dict[str
     found = None if args.classifier_free else embedded_sampling(role, args.model)
     name, defaults = found or (None, {})
     opts = {"device": args.device, "dtype": args.dtype}
+    up = getattr(args, "upsampler", None)
     if role == "base_inpaint":
         clip = default_source("clip") if defaults.get("clip_guidance_scale") else None
-        up = getattr(args, "upsampler", None)
-        pipe = InpaintPipeline(args.model, up, clip=clip, **opts)
-        return pipe, defaults
-    up = getattr(args, "upsampler", None)
+        return InpaintPipeline(args.model, up, clip=clip, **opts), defaults
     if name == "clip-guided":
         return ClipGuidedPipeline(args.model, up, clip=default_source("clip"), **opts), defaults
     return Text2ImagePipeline(args.model, up, **opts), {}

@@ -182,8 +182,7 @@ class ClipSlot:
                 f"clip: the CLIP model sees {clip.config.image_size}x{clip.config.image_size} "
                 f"images but the base model makes {image_size}x{image_size}"
             )
-        with torch.no_grad():
-            return clip.cond_fn(rows, scale)
+        return clip.cond_fn(rows, scale)  # the text embeddings are computed there, once
 
 
 class ClipGuidable(GlidePipeline):
