@@ -182,9 +182,9 @@ def model_paths(workdir: Path, tiny: bool) -> dict[str, Path]:
 def worker_prepare(workdir: Path, tiny: bool) -> dict[str, Any]:
     """Write the fixed-weight model files that are not there yet; returns what was done."""
     import torch
+    from glidekit.nn.bundle import is_bundle, save_model
 
     from glidekit.nn import create_model
-    from glidekit.nn.bundle import is_bundle, save_model
     from glidekit.tokenizer import GPT2Tokenizer
 
     configs = model_configs(tiny)

@@ -14,10 +14,10 @@ import argparse
 import random
 
 import torch
+from glidekit.nn.bundle import load_model
 
 from glidekit.data.shapes import PALETTE, ShapesDataset
 from glidekit.diffusion import GaussianDiffusion
-from glidekit.nn.bundle import load_model
 from glidekit.tokenizer import tokenize_batch
 
 STEPS = (700, 850, 900, 950, 975, 990)

@@ -20,10 +20,10 @@ import random
 
 import numpy as np
 import torch
+from glidekit.nn.bundle import load_model
 
 from glidekit.data.shapes import COLORS, POSITIONS, canonical_caption, random_scene, render
 from glidekit.diffusion import GaussianDiffusion
-from glidekit.nn.bundle import load_model
 from glidekit.pipelines.clip_guided import load_clip_pair
 from glidekit.tokenizer import tokenize_batch
 

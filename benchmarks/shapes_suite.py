@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import logging
 import math
@@ -87,6 +86,7 @@ import torch
 from PIL import Image
 
 import glidekit
+from glidekit.checkpoints.modelfile import is_clip_file
 from glidekit.data.shapes import (
     COLORS,
     PALETTE,
@@ -104,6 +104,7 @@ from glidekit.data.shapes import (
     random_scene,
     render,
 )
+from glidekit.models import embedded_path
 from glidekit.pipelines import (
     ClipGuidedPipeline,
     InpaintPipeline,
@@ -195,8 +196,8 @@ def run_info(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def pipeline_default(cls: type, name: str) -> Any:
-    """The default of keyword ``name`` of ``cls.__call__`` (so the suite follows the pipeline)."""
-    return inspect.signature(cls.__call__).parameters[name].default
+    """GLIDE's default of option ``name`` for ``cls``'s kind of run (no model defaults)."""
+    return getattr(cls.options_class.build({"seed": 0}), name)
 
 
 def steps_value(text: str | None) -> int | str | None:
@@ -344,45 +345,32 @@ def sample_batches(
 def sampling_kwargs(
     args: argparse.Namespace, cls: type, defaults: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Pipeline keywords from the common options; what they leave unset comes from
-    ``defaults`` (the model's, see :func:`default_pipeline`), else the pipeline's own."""
-    defaults = dict(defaults or {})
-
-    def pick(name: str, given: Any) -> Any:
-        if given is not None:
-            return given
-        return defaults[name] if name in defaults else pipeline_default(cls, name)
-
-    kw: dict[str, Any] = {
-        "steps": pick("steps", steps_value(args.steps)),
-        "sampler": pick("sampler", args.sampler),
-    }
-    names = inspect.signature(cls.__call__).parameters
-    if "guidance_scale" in names:
-        kw["guidance_scale"] = pick("guidance_scale", args.guidance)
-    if "clip_guidance_scale" in names:
-        kw["clip_guidance_scale"] = pick("clip_guidance_scale", args.clip_guidance)
+    """Pipeline options from the common flags; what they leave unset comes from ``defaults``
+    (the model's own, as :func:`default_pipeline` resolved them), else GLIDE's."""
+    names = cls.options_class.option_names()
+    chosen = cls.options_class.build({"seed": 0}, defaults or {})
+    given = {"steps": steps_value(args.steps), "sampler": args.sampler,
+             "guidance_scale": args.guidance,
+             "clip_guidance_scale": getattr(args, "clip_guidance", None)}  # fmt: skip
+    kw = {k: (v if v is not None else getattr(chosen, k)) for k, v in given.items() if k in names}
+    if "guidance" in names:
+        kw["guidance"] = chosen.guidance
     return kw
 
 
 def default_pipeline(args: argparse.Namespace, role: str) -> tuple[Any, dict[str, Any]]:
     """The pipeline ``glidekit generate`` (role "base") or ``glidekit inpaint``
-    ("base_inpaint") runs ``args.model`` with, and that model's sampling defaults: for the
-    embedded shapes models, ``glidekit.models.EMBEDDED_SAMPLING`` (CLIP guidance with the
-    embedded CLIP); otherwise classifier-free guidance with the pipeline's defaults.
-    ``--classifier-free`` forces the latter."""
-    from glidekit.pipelines.common import default_source, embedded_sampling
-
-    found = None if args.classifier_free else embedded_sampling(role, args.model)
-    name, defaults = found or (None, {})
+    ("base_inpaint") runs ``args.model`` with, and the sampling defaults it would use: the
+    model file's own (the embedded shapes models: CLIP guidance with the embedded CLIP), else
+    GLIDE's. ``--classifier-free`` forces GLIDE's classifier-free guidance."""
     opts = {"device": args.device, "dtype": args.dtype}
     up = getattr(args, "upsampler", None)
-    if role == "base_inpaint":
-        clip = default_source("clip") if defaults.get("clip_guidance_scale") else None
-        return InpaintPipeline(args.model, up, clip=clip, **opts), defaults
-    if name == "clip-guided":
-        return ClipGuidedPipeline(args.model, up, clip=default_source("clip"), **opts), defaults
-    return Text2ImagePipeline(args.model, up, **opts), {}
+    cls = InpaintPipeline if role == "base_inpaint" else Text2ImagePipeline
+    pipe = cls(args.model, up, **opts)
+    given = {"guidance": "classifier-free"} if args.classifier_free and role == "base" else {}
+    if args.classifier_free:
+        return pipe, given
+    return pipe, {**pipe.model_defaults(), **given}
 
 
 def upsample_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -714,21 +702,11 @@ def section_guidance_sweep(args: argparse.Namespace) -> int:
 
 def check_clip_file(path: Path) -> None:
     """ValueError unless ``path`` is a CLIP file written by ``glidekit train`` (both towers,
-    its config and vocabulary; ``ClipGuidedPipeline`` takes it as ``clip``)."""
-    from glidekit.nn.bundle import read_metadata
-    from glidekit.train.clip import CLIP_FORMAT
-
-    try:
-        meta = read_metadata(path)
-    except Exception as exc:
+    its config and vocabulary; the pipelines take it as ``clip``)."""
+    if not is_clip_file(path):
         raise ValueError(
-            f"--clip: {str(path)!r} is not a readable safetensors file ({exc})"
-        ) from None
-    if meta.get("glidekit.format") != CLIP_FORMAT:
-        raise ValueError(
-            f"--clip: {str(path)!r} is not a glidekit CLIP file (safetensors metadata "
-            f"glidekit.format = {CLIP_FORMAT!r}, as `glidekit train configs/shapes-clip.yaml` "
-            "exports); separate tower files are not supported here"
+            f"--clip: {str(path)!r} is not a glidekit CLIP file (as `glidekit train "
+            "configs/shapes-clip.yaml` exports); separate tower files are not supported here"
         )
 
 
@@ -1121,8 +1099,6 @@ def scale_list(text: str) -> list[float]:
 
 
 def embedded(role: str) -> Path | None:
-    from glidekit.models import embedded_path
-
     return embedded_path(role)
 
 

@@ -8,19 +8,37 @@ A user of the official notebooks changes only the import lines::
     )
 
 Options dicts, argument names and meanings are those of the official code; everything runs on
-glidekit's models and samplers (so the numbers are the released models' numbers).
+glidekit's models and samplers (so the numbers are the released models' numbers). What only the
+official API needs lives here: the model that takes tokens at every step and encodes each
+prompt once (:class:`OfficialUNet`), the CLIP with a ``cond_fn`` method (:class:`OfficialCLIP`)
+and the diffusion with the official loop methods (:class:`Diffusion`).
+
+Layer: a face beside ``glidekit.web`` and ``glidekit.train``; nothing inside glidekit imports it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from collections.abc import Iterator, Sequence
+from functools import partialmethod
 from typing import Any
 
 import torch
+import yaml
 
-from glidekit.diffusion import samplers
-from glidekit.diffusion.gaussian import GaussianDiffusion
+from glidekit.checkpoints import compat_load_checkpoint
+from glidekit.clip import CLIPConfig, NoisedCLIP
+from glidekit.diffusion import (
+    SAMPLERS,
+    GaussianDiffusion,
+    SamplingRun,
+    sample_progressive,
+    take_step,
+)
+from glidekit.guidance import ClipGuidance, clip_cond_fn
 from glidekit.nn.config import CONFIG_CLASSES, UNetConfig
-from glidekit.nn.unet import GlideUNet, create_model
+from glidekit.nn.unet import GlideUNet, TextCondition, init_weights
 from glidekit.tokenizer import GPT2Tokenizer
 
 _DEFAULTS: dict[str, Any] = {
@@ -84,138 +102,113 @@ def config_from_options(options: dict[str, Any]) -> UNetConfig:
         (False, True): "super_res",
         (True, True): "super_res_inpaint",
     }[(bool(options["inpaint"]), bool(options["super_res"]))]
-    return CONFIG_CLASSES[kind](
-        image_size=options["image_size"],
-        num_channels=options["num_channels"],
-        num_res_blocks=options["num_res_blocks"],
-        channel_mult=_ints(options["channel_mult"], "channel_mult"),
-        num_heads=options["num_heads"],
-        num_head_channels=options["num_head_channels"],
-        num_heads_upsample=options["num_heads_upsample"],
-        attention_resolutions=_ints(options["attention_resolutions"], "attention_resolutions"),
-        dropout=options["dropout"],
-        text_ctx=options["text_ctx"],
-        xf_width=options["xf_width"],
-        xf_layers=options["xf_layers"],
-        xf_heads=options["xf_heads"],
-        xf_final_ln=options["xf_final_ln"],
-        xf_padding=options["xf_padding"],
-        use_scale_shift_norm=options["use_scale_shift_norm"],
-        resblock_updown=options["resblock_updown"],
-    )
+    cls = CONFIG_CLASSES[kind]
+    # The official option names are the config's field names (the diffusion's are not fields).
+    values = {f.name: options[f.name] for f in dataclasses.fields(cls) if f.name in options}
+    for name in ("channel_mult", "attention_resolutions"):
+        values[name] = _ints(options[name], name)
+    return cls(**values)
+
+
+def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and a.device == b.device and torch.equal(a, b)
+
+
+class OfficialUNet(GlideUNet):
+    """The UNet as the official notebooks drive it: ``tokens`` and ``mask`` at every step.
+
+    Outside autograd it encodes each distinct (tokens, mask) once and reuses that encoding while
+    the same tokens come back, until :meth:`del_cache` (which the notebooks call around each
+    sampling loop), :meth:`load_state_dict` or a dtype change; after editing weights in place,
+    call :meth:`del_cache`. Same parameters and state-dict keys as :class:`GlideUNet`, so the
+    released checkpoints load strictly. ``tokenizer`` is the GPT-2 BPE.
+    """
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__(config)
+        self.tokenizer = GPT2Tokenizer(config.text_ctx)
+        self._encoded: tuple[torch.Tensor, torch.Tensor | None, TextCondition] | None = None
+
+    def forward(self, x, timesteps, tokens=None, mask=None, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
+        if kwargs.get("text") is None and tokens is not None and not torch.is_grad_enabled():
+            kwargs["text"] = self._text_of(tokens, mask)
+        return super().forward(x, timesteps, tokens, mask, **kwargs)
+
+    def _text_of(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> TextCondition:
+        if self._encoded is not None:
+            known_tokens, known_mask, text = self._encoded
+            if _same(known_tokens, tokens) and _same(known_mask, mask):
+                return text
+        text = self.encode_text(tokens, mask)
+        self._encoded = (tokens.clone(), None if mask is None else mask.clone(), text)
+        return text
+
+    def del_cache(self) -> None:
+        """Forget the encoded prompt (the official model's method)."""
+        self._encoded = None
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
+        self.del_cache()
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def convert_to_fp16(self, dtype: torch.dtype = torch.float16) -> OfficialUNet:
+        self.del_cache()
+        return super().convert_to_fp16(dtype)  # type: ignore[return-value]
+
+    def convert_to_fp32(self) -> OfficialUNet:
+        self.del_cache()
+        return super().convert_to_fp32()  # type: ignore[return-value]
 
 
 class Diffusion(GaussianDiffusion):
-    """A respaced diffusion with the official sampling-loop methods."""
+    """A respaced diffusion with the official sampling methods, each returning what the
+    official one does (a step: ``{"sample", "pred_xstart"}``; a loop: the final sample)."""
 
-    def p_sample(
-        self,
-        model,
-        x,
-        t,
-        clip_denoised=True,
-        denoised_fn=None,
-        cond_fn=None,
-        model_kwargs=None,
-    ) -> dict[str, torch.Tensor]:
-        out = samplers.p_sample(
-            self,
-            model,
-            x,
-            t,
-            clip_denoised=clip_denoised,
-            denoised_fn=denoised_fn,
-            cond_fn=cond_fn,
-            model_kwargs=model_kwargs,
-        )
+    def _step(self, sampler, model, x, t, clip_denoised=True, denoised_fn=None, cond_fn=None,
+              model_kwargs=None, eta=0.0) -> dict[str, torch.Tensor]:  # fmt: skip
+        spec = SAMPLERS[sampler]
+        run = SamplingRun(self, model, clip_denoised, denoised_fn, cond_fn, model_kwargs,
+                          options=spec.pick({"eta": eta}))  # fmt: skip
+        out = take_step(spec, run, x, t)
         return {"sample": out.sample, "pred_xstart": out.pred_xstart}
 
-    def ddim_sample(
-        self,
-        model,
-        x,
-        t,
-        clip_denoised=True,
-        denoised_fn=None,
-        cond_fn=None,
-        model_kwargs=None,
-        eta=0.0,
-    ) -> dict[str, torch.Tensor]:
-        out = samplers.ddim_sample(
-            self,
-            model,
-            x,
-            t,
-            eta=eta,
-            clip_denoised=clip_denoised,
-            denoised_fn=denoised_fn,
-            cond_fn=cond_fn,
-            model_kwargs=model_kwargs,
-        )
-        return {"sample": out.sample, "pred_xstart": out.pred_xstart}
-
-    def _progressive(self, sampler, model, shape, noise, clip_denoised, denoised_fn, cond_fn,
-                     model_kwargs, device, progress, eta=0.0):  # fmt: skip
+    def _progressive(self, sampler, model, shape, noise=None, clip_denoised=True,
+                     denoised_fn=None, cond_fn=None, model_kwargs=None, device=None,
+                     progress=False, eta=0.0) -> Iterator[dict[str, torch.Tensor]]:  # fmt: skip
         if device is None:
             device = (
                 next(model.parameters()).device if isinstance(model, torch.nn.Module) else "cpu"
             )
-        for out in samplers.sample_progressive(
-            self,
-            model,
-            tuple(shape),
-            sampler=sampler,
-            noise=noise,
-            eta=eta,
-            clip_denoised=clip_denoised,
-            denoised_fn=denoised_fn,
-            cond_fn=cond_fn,
-            model_kwargs=model_kwargs,
-            device=device,
-            progress=progress,
-        ):
+        for out in sample_progressive(
+            self, model, tuple(shape), sampler=sampler, noise=noise, eta=eta,
+            clip_denoised=clip_denoised, denoised_fn=denoised_fn, cond_fn=cond_fn,
+            model_kwargs=model_kwargs, device=device, progress=progress,
+        ):  # fmt: skip
             yield {"sample": out.sample, "pred_xstart": out.pred_xstart}
 
-    def p_sample_loop_progressive(
-        self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,
-        model_kwargs=None, device=None, progress=False,
-    ):  # fmt: skip
-        yield from self._progressive("ancestral", model, shape, noise, clip_denoised, denoised_fn,
-                                     cond_fn, model_kwargs, device, progress)  # fmt: skip
-
-    def p_sample_loop(
-        self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,
-        model_kwargs=None, device=None, progress=False,
-    ) -> torch.Tensor:  # fmt: skip
-        *_, final = self.p_sample_loop_progressive(model, shape, noise, clip_denoised, denoised_fn,
-                                                   cond_fn, model_kwargs, device, progress)  # fmt: skip
+    def _loop(self, sampler: str, *args: Any, **kwargs: Any) -> torch.Tensor:
+        *_, final = self._progressive(sampler, *args, **kwargs)
         return final["sample"]
 
-    def ddim_sample_loop_progressive(
-        self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,
-        model_kwargs=None, device=None, progress=False, eta=0.0,
-    ):  # fmt: skip
-        yield from self._progressive("ddim", model, shape, noise, clip_denoised, denoised_fn,
-                                     cond_fn, model_kwargs, device, progress, eta)  # fmt: skip
-
-    def ddim_sample_loop(
-        self, model, shape, noise=None, clip_denoised=True, denoised_fn=None, cond_fn=None,
-        model_kwargs=None, device=None, progress=False, eta=0.0,
-    ) -> torch.Tensor:  # fmt: skip
-        *_, final = self.ddim_sample_loop_progressive(model, shape, noise, clip_denoised,
-                                                      denoised_fn, cond_fn, model_kwargs, device,
-                                                      progress, eta)  # fmt: skip
-        return final["sample"]
+    # The official methods: the ancestral ones take no eta; their arguments come in one order.
+    p_sample = partialmethod(_step, "ancestral")
+    ddim_sample = partialmethod(_step, "ddim")
+    p_sample_loop_progressive = partialmethod(_progressive, "ancestral")
+    ddim_sample_loop_progressive = partialmethod(_progressive, "ddim")
+    p_sample_loop = partialmethod(_loop, "ancestral")
+    ddim_sample_loop = partialmethod(_loop, "ddim")
 
 
 def create_gaussian_diffusion(
     steps: int = 1000, noise_schedule: str = "squaredcos_cap_v2", timestep_respacing: str = ""
 ) -> Diffusion:
-    base = GaussianDiffusion.from_config(noise_schedule, steps, timestep_respacing)
-    return Diffusion(base.betas, base.timestep_map)
+    """The official function: the ``steps``-step process respaced by ``timestep_respacing``."""
+    return Diffusion.from_config(noise_schedule, steps, timestep_respacing)  # type: ignore[return-value]
 
 
-def create_model_and_diffusion(**options: Any) -> tuple[GlideUNet, Diffusion]:
+def create_model_and_diffusion(**options: Any) -> tuple[OfficialUNet, Diffusion]:
     """(model, diffusion) for an official options dict; ``model.tokenizer`` is the GPT-2 BPE."""
     unknown = sorted(set(options) - set(_DEFAULTS))
     if unknown:
@@ -226,8 +219,8 @@ def create_model_and_diffusion(**options: Any) -> tuple[GlideUNet, Diffusion]:
             f"create_model_and_diffusion: missing options {missing}; "
             "start from model_and_diffusion_defaults()"
         )
-    model = create_model(config_from_options(options))
-    model.tokenizer = GPT2Tokenizer(options["text_ctx"])
+    model = OfficialUNet(config_from_options(options))
+    init_weights(model)
     if options["use_fp16"]:
         model.convert_to_fp16()
     diffusion = create_gaussian_diffusion(
@@ -240,35 +233,38 @@ def load_checkpoint(
     checkpoint_name: str, device: torch.device | str = "cpu", cache_dir: str | None = None
 ) -> dict[str, torch.Tensor]:
     """The released checkpoint ``checkpoint_name`` as a state dict on ``device`` (safe loading)."""
-    from glidekit.checkpoints import compat_load_checkpoint
-
     return compat_load_checkpoint(checkpoint_name, device, cache_dir=cache_dir)
 
 
+class OfficialCLIP(NoisedCLIP):
+    """The noise-aware CLIP with the official ``cond_fn(prompts, grad_scale)`` method."""
+
+    def cond_fn(self, prompts: Sequence[str] | torch.Tensor, grad_scale: float) -> ClipGuidance:
+        """CLIP guidance towards ``prompts`` (:func:`glidekit.guidance.clip_cond_fn`)."""
+        return clip_cond_fn(self, prompts, grad_scale)
+
+
 def create_clip_model(
-    config_path: str | None = None,
+    config_path: str | os.PathLike[str] | None = None,
     device: torch.device | str | None = None,
     tokenizer: Any = None,
-):
+) -> OfficialCLIP:
     """The noise-aware CLIP with ``.image_encoder``, ``.text_encoder`` and ``.cond_fn``.
 
     ``config_path``: a config.yaml (or JSON) with the CLIP options, as the official function
     takes; None gives the released model's.
     """
-    from glidekit.clip import CLIPConfig
-    from glidekit.clip import create_clip_model as _create
-
     config = None
     if config_path is not None:
-        import yaml
-
         with open(config_path, encoding="utf-8") as f:
             config = CLIPConfig.from_dict(yaml.safe_load(f))
-    return _create(config=config, device=device, tokenizer=tokenizer)
+    return OfficialCLIP(config, device=device, tokenizer=tokenizer).eval()
 
 
 __all__ = [
     "Diffusion",
+    "OfficialCLIP",
+    "OfficialUNet",
     "config_from_options",
     "create_clip_model",
     "create_gaussian_diffusion",

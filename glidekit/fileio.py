@@ -1,8 +1,12 @@
-"""Writing files so that nothing a user owns is ever half-written.
+"""Where glidekit keeps files, and writing them so that nothing a user owns is half-written.
 
-:func:`atomic_path` is the one way glidekit writes a file in place: write to a unique temporary
-name beside the destination, fsync, ``os.replace`` over the destination, fsync the folder.
-Readers, and a process killed at any point, see either the old file or the whole new one.
+:func:`cache_dir` is the one place the cache directory is decided (checkpoints, the CLIP
+vocabulary). :func:`atomic_path` is the one way glidekit writes a file in place: write to a
+unique temporary name beside the destination, fsync, ``os.replace`` over the destination, fsync
+the folder. Readers, and a process killed at any point, see either the old file or the whole
+new one.
+
+Layer: a utility; imports nothing from glidekit.
 """
 
 from __future__ import annotations
@@ -12,6 +16,26 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+
+#: Environment variable naming the cache directory.
+CACHE_ENV = "GLIDEKIT_CACHE"
+
+
+def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """The cache directory (absolute; created on first write, not here).
+
+    Order: ``override``, ``$GLIDEKIT_CACHE``, ``$XDG_CACHE_HOME/glidekit`` (if absolute),
+    ``~/.cache/glidekit``. Never the working directory.
+    """
+    if override is not None and str(override) != "":
+        return Path(override).expanduser().absolute()
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser().absolute()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg and Path(xdg).expanduser().is_absolute():
+        return Path(xdg).expanduser() / "glidekit"
+    return Path.home() / ".cache" / "glidekit"
 
 
 @contextlib.contextmanager

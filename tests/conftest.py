@@ -39,3 +39,10 @@ def strip_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, tor
 @pytest.fixture(scope="session")
 def checkpoint_specs() -> dict:
     return json.loads((REFERENCE / "checkpoint_specs.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory) -> dict[str, Path]:
+    from helpers import save_tiny_models
+
+    return save_tiny_models(tmp_path_factory.mktemp("models"))

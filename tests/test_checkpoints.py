@@ -42,6 +42,7 @@ from glidekit.checkpoints import (
     compat_load_checkpoint,
     convert,
     detect_kind,
+    diff_layouts,
     fetch,
     load_into,
     load_state_dict,
@@ -563,6 +564,31 @@ def test_local_directories_and_safetensors_preference(tmp_path: Path, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert_same(load_state_dict(Path("base")), tiny_state_dict("upsample"))
     assert_same(load_state_dict("./base"), tiny_state_dict("upsample"))
+
+
+def test_convert_is_byte_reproducible_and_keeps_tied_weights(tmp_path: Path) -> None:
+    """Issue 16 item 10 for ``glidekit convert``: the same checkpoint converted twice (here
+    with its keys in another order) gives the same bytes; tensors sharing storage are each
+    written from their own bytes."""
+    state = tiny_state_dict("base")
+    state["tied"] = state["out.2.weight"]  # same storage, as tied weights are
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    torch.save(state, a / "base.pt")
+    torch.save(dict(reversed(list(state.items()))), b / "base.pt")
+    out_a, out_b = convert(a / "base.pt"), convert(b / "base.pt")
+    assert out_a.read_bytes() == out_b.read_bytes()
+    assert_same(load_file(str(out_a)), state)
+    half = convert(a / "base.pt", fp16=True)
+    assert load_file(str(half))["tied"].dtype == torch.float16
+
+
+def test_layout_differences_fit_on_one_line() -> None:
+    diff = diff_layouts({"a": (2,), "b": (3,), "x": (1,)}, {"a": (2,), "b": (4,), "c": (5, 5)})
+    assert diff.summary() == "missing c [5, 5]; unexpected x [1]; mis-shaped b [3] (expected [4])"
+    many = diff_layouts({}, {f"k{i}": (i,) for i in range(5)})
+    assert many.summary(max_items=2) == "missing k0 [0], k1 [1] and 3 more"
 
 
 def test_convert_fp16_and_cached_preference(

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_pipelines_models import bundles  # noqa: F401  (fixture)
 
 from glidekit.cli.main import main
 from glidekit.pipelines import read_png_params

@@ -8,14 +8,13 @@ import re
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from test_pipelines_models import (
+from helpers import (
     BASE_SIZE,
     UP_SIZE,
-    bundles,  # noqa: F401  (fixture)
     random_picture,
     square_mask,
 )
+from PIL import Image
 
 from glidekit.cli.main import main
 from glidekit.pipelines import read_png_params
@@ -327,8 +326,8 @@ def _tiny_clip():
 def test_clip_files_on_the_command_line(run, bundles, tmp_path):  # noqa: F811
     from safetensors.torch import save_file
 
+    from glidekit.checkpoints.modelfile import save_clip
     from glidekit.pipelines import ClipGuidedPipeline
-    from glidekit.train import save_clip
 
     clip = _tiny_clip()
     meta = {"glidekit.clip_config": json.dumps(clip.config.to_dict())}

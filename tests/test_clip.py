@@ -18,6 +18,7 @@ from glidekit.clip import (
     TextEncoder,
     create_clip_model,
 )
+from glidekit.guidance import clip_cond_fn
 
 VOCAB = REFERENCE / "vocab" / "bpe_simple_vocab_16e6.txt.gz"
 
@@ -81,7 +82,7 @@ def test_normalised_embeddings(clip, golden) -> None:
 def test_cond_fn_gradient(clip, golden, scale) -> None:
     meta, tensors = golden
     x, t = tensors["in.images"], tensors["in.timesteps"]
-    cond_fn = clip.cond_fn(meta["prompts"], float(scale))
+    cond_fn = clip_cond_fn(clip, meta["prompts"], float(scale))
     grad = cond_fn(x, t)
     assert grad.shape == x.shape and grad.dtype == x.dtype
     assert not grad.requires_grad
@@ -92,7 +93,7 @@ def test_cond_fn_classifier_free_guidance_batch(clip, golden) -> None:
     """2B rows [cond; uncond] with B prompts: text embeddings tiled, row i -> prompt i % B."""
     meta, tensors = golden
     x, t = tensors["in.images"], tensors["in.timesteps"]
-    cond_fn = clip.cond_fn(meta["prompts"], 3.0)
+    cond_fn = clip_cond_fn(clip, meta["prompts"], 3.0)
     x2 = torch.cat([x, x.flip(0)])
     t2 = torch.cat([t, t.flip(0)])
     grad = cond_fn(x2, t2, tokens=None, mask=None)  # model kwargs are accepted and ignored
@@ -109,7 +110,7 @@ def test_cond_fn_text_encoded_once_and_inference_mode(clip, golden) -> None:
     handle = clip.text_encoder.register_forward_hook(lambda *args: calls.append(1))
     try:
         with torch.inference_mode():
-            cond_fn = clip.cond_fn(meta["prompts"], 1.0)
+            cond_fn = clip_cond_fn(clip, meta["prompts"], 1.0)
             grads = [cond_fn(tensors["in.images"], tensors["in.timesteps"]) for _ in range(3)]
     finally:
         handle.remove()
@@ -201,7 +202,7 @@ def test_bad_images_and_timesteps(clip, golden) -> None:
         clip.image_embeddings(x, 10)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"^t: .*\[0, 999\]"):
         clip.image_embeddings(x, torch.tensor([10, 1000]))
-    cond_fn = clip.cond_fn(meta["prompts"], 1.0)
+    cond_fn = clip_cond_fn(clip, meta["prompts"], 1.0)
     with pytest.raises(ValueError, match=r"^x: .*\(B, 3, 32, 32\)"):
         cond_fn(torch.zeros(2, 3, 64, 64), t)
     with pytest.raises(ValueError, match=r"^t: expected shape \(2,\)"):
@@ -213,16 +214,16 @@ def test_bad_images_and_timesteps(clip, golden) -> None:
 def test_bad_prompts_and_grad_scale(clip, golden) -> None:
     meta, tensors = golden
     with pytest.raises(ValueError, match="^prompts: empty list"):
-        clip.cond_fn([], 1.0)
+        clip_cond_fn(clip, [], 1.0)
     with pytest.raises(TypeError, match="^prompts must be a list of strings, not a single str"):
-        clip.cond_fn("a corgi", 1.0)
+        clip_cond_fn(clip, "a corgi", 1.0)
     with pytest.raises(TypeError, match="^prompts"):
         clip.text_embeddings([1, 2])  # type: ignore[list-item]
     for bad in (math.nan, math.inf, -math.inf):
         with pytest.raises(ValueError, match="^grad_scale must be finite"):
-            clip.cond_fn(meta["prompts"], bad)
+            clip_cond_fn(clip, meta["prompts"], bad)
     with pytest.raises(TypeError, match="^grad_scale"):
-        clip.cond_fn(meta["prompts"], "3")  # type: ignore[arg-type]
+        clip_cond_fn(clip, meta["prompts"], "3")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="^tokens: token ids"):
         clip.text_encoder(torch.full((1, 77), 70000), torch.tensor([3]))
     with pytest.raises(ValueError, match=r"^lens: expected shape \(2,\)"):
@@ -259,6 +260,7 @@ def test_clip_guided_notebook_flow(golden, small_config, tmp_path, monkeypatch) 
     config_path = tmp_path / "config.yaml"
     config_path.write_text(json.dumps(meta["config_yaml"]))  # JSON is YAML
     clip_model = compat.create_clip_model(config_path=str(config_path), device=device)
+    assert isinstance(clip_model, compat.OfficialCLIP) and not hasattr(NoisedCLIP, "cond_fn")
     assert clip_model.config == small_config
     clip_model.image_encoder.load_state_dict(strip_prefix(tensors, "clip_image_enc."))
     clip_model.text_encoder.load_state_dict(strip_prefix(tensors, "clip_text_enc."))
@@ -299,6 +301,6 @@ def test_attention_matches_explicit_q_and_k_scaling(causal) -> None:
 def test_cond_fn_keeps_input_dtype(clip, golden) -> None:
     meta, tensors = golden
     x = tensors["in.images"].double()
-    grad = clip.cond_fn(meta["prompts"], 1.0)(x, tensors["in.timesteps"])
+    grad = clip_cond_fn(clip, meta["prompts"], 1.0)(x, tensors["in.timesteps"])
     assert grad.dtype == torch.float64 and grad.shape == x.shape
     assert rel_err(grad.float(), tensors["out.cond_fn_grad_scale1"]) < 1e-4

@@ -8,8 +8,7 @@ import shutil
 import pytest
 from conftest import REFERENCE
 
-from glidekit.clip import ClipTokenizer, default_vocab_path
-from glidekit.clip.tokenizer import PACKAGED_VOCAB
+from glidekit.tokenizer.clip import PACKAGED_VOCAB, ClipTokenizer, default_vocab_path
 
 VOCAB = REFERENCE / "vocab" / "bpe_simple_vocab_16e6.txt.gz"
 GOLDEN = json.loads((REFERENCE / "tokenizer_golden.json").read_text())

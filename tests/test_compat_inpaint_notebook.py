@@ -9,10 +9,9 @@ server through glidekit's cache, and the models are shrunk to the fixtures' opti
 from pathlib import Path
 
 import numpy as np
+from helpers import _options, _state, random_picture
 from notebook_runner import run_notebook
 from PIL import Image
-from test_compat_notebook import _options, _state
-from test_pipelines_models import random_picture
 
 
 def _read_image(path: Path, size: int) -> np.ndarray:

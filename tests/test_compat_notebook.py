@@ -9,20 +9,10 @@ glidekit's cache, and the models are shrunk to the fixtures' options.
 import json
 
 import numpy as np
-import torch
-from conftest import load_golden, strip_prefix
+from conftest import load_golden
+from helpers import _options, _state
 from notebook_runner import run_notebook
 from PIL import Image
-
-
-def _options(fixture: str) -> dict:
-    meta, _ = load_golden(fixture)
-    return {k: v for k, v in meta["options"].items() if k not in ("timestep_respacing", "use_fp16")}
-
-
-def _state(fixture: str, prefix: str = "model.") -> dict[str, torch.Tensor]:
-    return strip_prefix(load_golden(fixture)[1], prefix)
-
 
 CASCADE = {
     "base": ("base.pt", _state("text2im_forward")),

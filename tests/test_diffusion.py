@@ -7,13 +7,20 @@ from conftest import load_golden
 from helpers import rel_err
 
 from glidekit.diffusion import (
+    SAMPLERS,
+    DiffusionConfig,
     GaussianDiffusion,
+    check_sampler_options,
+    create_diffusion,
     ddim_sample,
+    get_sampler,
     named_beta_schedule,
     p_sample,
     respace_betas,
     space_timesteps,
 )
+from glidekit.errors import OptionError
+from glidekit.nn import SuperResConfig, Text2ImConfig
 
 META, T = load_golden("diffusion")
 CONFIGS = {
@@ -184,3 +191,34 @@ def test_v_prediction_is_converted_to_eps_everywhere():
             assert losses["mse"].abs().max() < 1e-10
     with pytest.raises(ValueError, match="prediction"):
         GaussianDiffusion.from_config("linear", 1000, "", "x0")
+
+
+def test_sampler_table():
+    assert list(SAMPLERS) == ["ancestral", "ddim", "dpm++2m"]
+    assert {name: (s.options, s.cond_form, s.stochastic) for name, s in SAMPLERS.items()} == {
+        "ancestral": ((), "mean", True),
+        "ddim": (("eta",), "score", True),
+        "dpm++2m": ((), "score", False),
+    }
+    assert get_sampler(" DDIM ") is SAMPLERS["ddim"]
+    with pytest.raises(OptionError, match="^upsample_sampler: unknown sampler 'euler'") as info:
+        get_sampler("euler", "upsample_sampler")
+    assert info.value.arg == "upsample_sampler"
+    assert check_sampler_options("ddim", {"eta": 1}) == {"eta": 1.0}
+    assert check_sampler_options("ancestral", {}) == {}
+    with pytest.raises(OptionError, match=r"^sampler_options: \['eta'\] not understood by the "):
+        check_sampler_options("dpm++2m", {"eta": 0.5})
+    with pytest.raises(OptionError, match="^opts: eta must be a number in") as info:
+        check_sampler_options("ddim", {"eta": 2.0}, "opts")
+    assert info.value.arg == "opts"
+
+
+def test_create_diffusion_from_config():
+    base = DiffusionConfig.for_model(Text2ImConfig())
+    up = DiffusionConfig.for_model(SuperResConfig(), timestep_respacing="fast27")
+    assert (base.noise_schedule, up.noise_schedule) == ("squaredcos_cap_v2", "linear")
+    assert create_diffusion(base).num_timesteps == 1000
+    assert create_diffusion(up).num_timesteps == 27
+    d = create_diffusion(DiffusionConfig(prediction="v"), "10")
+    assert d.num_timesteps == 10 and d.prediction == "v"
+    assert create_diffusion(up, "").num_timesteps == 1000

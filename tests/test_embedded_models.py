@@ -3,7 +3,12 @@
 import logging
 
 import glidekit.models as embedded
-from glidekit.pipelines.common import RELEASED_CLIP, default_source
+from glidekit.checkpoints.modelfile import read_sampling_defaults
+from glidekit.pipelines.sources import RELEASED_CLIP, default_source, model_defaults
+
+CLIP_FILE = embedded.EMBEDDED_FILES["clip"]
+BASE_DEFAULTS = read_sampling_defaults(embedded.embedded_path("base"))
+INPAINT_DEFAULTS = read_sampling_defaults(embedded.embedded_path("base_inpaint"))
 
 
 def test_embedded_until_the_released_weights_are_cached(tmp_path, monkeypatch, caplog):
@@ -18,7 +23,7 @@ def test_embedded_until_the_released_weights_are_cached(tmp_path, monkeypatch, c
     assert default_source("base") == "base" and default_source("upsampler") == "upsample"
 
     (models / "shapes-base.safetensors").write_bytes(b"x")
-    with caplog.at_level(logging.INFO, logger="glidekit.models"):
+    with caplog.at_level(logging.INFO, logger="glidekit.pipelines.sources"):
         assert default_source("base") == str(models / "shapes-base.safetensors")
     assert "embedded shapes-world model" in caplog.text
     assert default_source("upsampler") is None  # no embedded upsampler: base images only
@@ -27,8 +32,8 @@ def test_embedded_until_the_released_weights_are_cached(tmp_path, monkeypatch, c
     # The inpainting family has no embedded model here: released names.
     assert default_source("base_inpaint") == "base-inpaint"
     assert default_source("clip") == RELEASED_CLIP  # no embedded CLIP yet
-    (models / embedded.CLIP_FILE).write_bytes(b"x")
-    assert default_source("clip") == str(models / embedded.CLIP_FILE)
+    (models / CLIP_FILE).write_bytes(b"x")
+    assert default_source("clip") == str(models / CLIP_FILE)
 
     # Once the released base is in the cache, the whole cascade is the released one.
     (cache / "base.pt").write_bytes(b"x")
@@ -39,13 +44,15 @@ def test_embedded_until_the_released_weights_are_cached(tmp_path, monkeypatch, c
 def test_the_shipped_cascade_loads_and_runs(tmp_path, monkeypatch):
     """The files in glidekit/models: small enough, strict loads, and the default pipelines
     (no released checkpoint cached) run them end to end."""
-    from glidekit.nn.bundle import load_model
+    from glidekit.checkpoints import load_unet as load_model
     from glidekit.pipelines import InpaintPipeline, Text2ImagePipeline
 
     monkeypatch.setenv("GLIDEKIT_CACHE", str(tmp_path / "empty-cache"))
-    files = {role: embedded.embedded_path(role) for role in embedded.ROLES}
+    files = {
+        role: embedded.embedded_path(role) for role in embedded.EMBEDDED_FILES if role != "clip"
+    }
     assert all(files.values()), files  # the whole cascade, inpainting upsampler included
-    clip_file = embedded.MODELS_DIR / embedded.CLIP_FILE
+    clip_file = embedded.MODELS_DIR / CLIP_FILE
     assert clip_file.is_file()
     total = sum(f.stat().st_size for f in files.values() if f) + clip_file.stat().st_size
     assert total <= 40 * 2**20
@@ -75,7 +82,7 @@ def test_the_shipped_clip_guides_the_shipped_base(tmp_path, monkeypatch):
 
     monkeypatch.setenv("GLIDEKIT_CACHE", str(tmp_path / "empty-cache"))
     pipe = ClipGuidedPipeline.from_pretrained(device="cpu", upsampler=None)
-    assert pipe.clip_label.endswith(embedded.CLIP_FILE)
+    assert pipe.clip_label.endswith(CLIP_FILE)
     assert pipe.clip.config.image_size == pipe.base.model.config.image_size == 32
     caption = "a large red square at the center on a white background"
     weak = pipe(caption, steps=6, guidance_scale=0.0, seed=3, upsample=False).images[0]
@@ -85,22 +92,21 @@ def test_the_shipped_clip_guides_the_shipped_base(tmp_path, monkeypatch):
 
 
 def test_sampling_defaults_belong_to_the_embedded_files(tmp_path):
+    """The defaults are written in each model file: they travel with the file (a copy keeps
+    them); released names and files without them keep GLIDE's defaults."""
     base = embedded.embedded_path("base")
-    pipeline, defaults = embedded.sampling_defaults("base", base)
-    assert pipeline == "clip-guided" and defaults == embedded.EMBEDDED_SAMPLING["base"][1]
+    defaults = model_defaults(base)
+    assert defaults["guidance"] == "clip" and defaults == BASE_DEFAULTS
     assert defaults["steps"] >= 100 and defaults["guidance_scale"] > 0
-    pipeline, defaults = embedded.sampling_defaults("base_inpaint", str(embedded.embedded_path(
-        "base_inpaint")))  # fmt: skip
-    assert pipeline == "inpaint" and defaults["clip_guidance_scale"] > 0
-    defaults["steps"] = 1  # a copy: the table is not changed
-    assert embedded.sampling_defaults("base_inpaint", embedded.embedded_path("base_inpaint"))[1][
-        "steps"] != 1  # fmt: skip
-    # Other models (released names, other files, even a copy of the file) keep GLIDE's defaults.
+    defaults = model_defaults(str(embedded.embedded_path("base_inpaint")))
+    assert defaults["clip_guidance_scale"] > 0
+    defaults["steps"] = 1  # a copy: the file's defaults are not changed
+    assert model_defaults(embedded.embedded_path("base_inpaint"))["steps"] != 1
     copy = tmp_path / base.name
     copy.write_bytes(base.read_bytes())
-    assert embedded.sampling_defaults("base", "base") is None
-    assert embedded.sampling_defaults("base", copy) is None
-    assert embedded.sampling_defaults("upsampler", embedded.embedded_path("upsampler")) is None
+    assert model_defaults(copy) == BASE_DEFAULTS
+    assert model_defaults("base") == {}
+    assert model_defaults(embedded.embedded_path("upsampler")) == {}
 
 
 def _cli_json(capsys, *argv):
@@ -124,21 +130,21 @@ def test_generate_uses_the_embedded_models_defaults(tmp_path, monkeypatch, capsy
                                 "-o", out)  # fmt: skip
     assert code == 0, err
     params = data["runs"][0]
-    scale = embedded.EMBEDDED_SAMPLING["base"][1]["guidance_scale"]
-    assert params["pipeline"] == "clip-guided" and params["guidance"] == "clip"
+    scale = BASE_DEFAULTS["guidance_scale"]
+    assert params["pipeline"] == "text2image" and params["guidance"] == "clip"
     assert params["guidance_scale"] == scale and params["steps"] == "3"
-    assert params["clip"].endswith(embedded.CLIP_FILE)
+    assert params["clip"].endswith(CLIP_FILE)
 
     code, data, err = _cli_json(capsys, "generate", prompt, "--steps", "3", "--seed", "0",
                                 "--guidance", "classifier-free", "-o", out)  # fmt: skip
     assert code == 0, err
     params = data["runs"][0]
-    assert params["pipeline"] == "text2image" and params["guidance_scale"] == 3.0
+    assert params["guidance"] == "classifier-free" and params["guidance_scale"] == 3.0
     png = data["images"][0]["path"]
 
     code, data, err = _cli_json(capsys, "generate", "--from", png, "-o", out)
     assert code == 0, err
-    assert data["runs"][0]["pipeline"] == "text2image"  # not switched to CLIP guidance
+    assert data["runs"][0]["guidance"] == "classifier-free"  # not switched to CLIP guidance
 
     code, _, err = _cli_json(capsys, "generate", prompt, "--guidance", "classifier-free",
                              "--clip", "-o", out)  # fmt: skip
@@ -165,10 +171,10 @@ def test_inpaint_uses_the_embedded_models_defaults(tmp_path, monkeypatch, capsys
     code, data, err = _cli_json(capsys, *args)
     assert code == 0, err
     params = data["runs"][0]
-    defaults = embedded.EMBEDDED_SAMPLING["base_inpaint"][1]
+    defaults = INPAINT_DEFAULTS
     assert params["clip_guidance_scale"] == defaults["clip_guidance_scale"]
     assert params["guidance_scale"] == defaults["guidance_scale"]
-    assert params["clip"].endswith(embedded.CLIP_FILE)
+    assert params["clip"].endswith(CLIP_FILE)
     out = np.asarray(Image.open(data["images"][0]["path"]).convert("RGB"))
     assert (out[mask == 0] == np.asarray(render(scene, 32))[mask == 0]).all()
 
@@ -194,7 +200,7 @@ def test_inpaint_pipeline_composes_clip_guidance(tmp_path, monkeypatch):
     mask = Image.new("L", (32, 32), 0)
     mask.paste(255, (16, 16, 32, 32))
     caption = "a large red circle in the bottom right"
-    plain = pipe(caption, src, mask, steps=5, seed=1)
+    plain = pipe(caption, src, mask, steps=5, seed=1, clip_guidance_scale=0.0)
     guided = pipe(caption, src, mask, steps=5, seed=1, clip_guidance_scale=30.0)
     assert "clip" not in plain.params and guided.params["clip_guidance_scale"] == 30.0
     assert plain.images[0].tobytes() != guided.images[0].tobytes()
@@ -202,5 +208,5 @@ def test_inpaint_pipeline_composes_clip_guidance(tmp_path, monkeypatch):
     assert plain.images[0].crop(box).tobytes() == guided.images[0].crop(box).tobytes()
     with pytest.raises(ValueError, match="clip_guidance_scale"):
         pipe(caption, src, mask, steps=5, clip_guidance_scale=float("nan"))
-    with pytest.raises(TypeError, match="clip_guidance_scale"):
+    with pytest.raises(ValueError, match="clip_guidance_scale"):
         pipe(caption, src, mask, steps=5, clip_guidance_scale="high")

@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+from conftest import load_golden, strip_prefix
 from helpers import golden_model, rel_err
 
-from glidekit.compat import config_from_options
+from glidekit.compat import OfficialUNet, config_from_options
 from glidekit.nn import RELEASED_CONFIGS, create_model
 
 FORWARDS = ["text2im_forward", "super_res_forward", "inpaint_forward", "super_res_inpaint_forward"]
@@ -63,11 +64,35 @@ def test_full_size_layout_matches_release(name, checkpoint_specs):
     assert config_from_options(spec["options"]) == RELEASED_CONFIGS[name]
 
 
-def test_text_transformer_runs_once_per_prompt(monkeypatch):
-    model, t = golden_model("text2im_forward")
+def _count_text_encodings(model, monkeypatch) -> list:
     calls = []
     original = model.transformer.forward
     monkeypatch.setattr(model.transformer, "forward", lambda x: calls.append(1) or original(x))
+    return calls
+
+
+def test_model_holds_no_text_state(monkeypatch):
+    """forward is a function of its inputs: tokens are encoded on every call; text= skips it."""
+    model, t = golden_model("text2im_forward")
+    calls = _count_text_encodings(model, monkeypatch)
+    kw = forward_kwargs(t)
+    with torch.no_grad():
+        a = model(t["in.x"], t["in.timesteps"], **kw)
+        b = model(t["in.x"], t["in.timesteps"], **kw)
+        assert len(calls) == 2 and torch.equal(a, b)
+        text = model.encode_text(kw.pop("tokens"), kw.pop("mask"))
+        c = model(t["in.x"], t["in.timesteps"], text=text, **kw)
+        d = model(t["in.x"] * 0.5, t["in.timesteps"] + 1, text=text, **kw)
+    assert len(calls) == 3 and torch.equal(a, c) and not torch.equal(a, d)
+    assert not hasattr(model, "del_cache")
+
+
+def test_official_unet_encodes_each_prompt_once(monkeypatch):
+    """compat's model serves the notebooks' tokens-at-every-step pattern."""
+    _, t = golden_model("text2im_forward")
+    model = OfficialUNet(config_from_options(load_golden("text2im_forward")[0]["options"]))
+    model.load_state_dict(strip_prefix(t, "model."), strict=True)
+    calls = _count_text_encodings(model, monkeypatch)
     kw = forward_kwargs(t)
     with torch.no_grad():
         a = model(t["in.x"], t["in.timesteps"], **kw)
@@ -79,11 +104,15 @@ def test_text_transformer_runs_once_per_prompt(monkeypatch):
         c = model(t["in.x"], t["in.timesteps"], **kw)
         assert len(calls) == 3
     assert torch.equal(a, c) and not torch.equal(a, b)
-    # Changing the weights invalidates the cache.
+    assert rel_err(a, t["out.model_output"]) < 1e-4
+    # Loading weights forgets the encoding; under autograd (training) nothing is kept.
+    model.load_state_dict(model.state_dict())
     with torch.no_grad():
-        model.token_embedding.weight.mul_(2.0)
-        d = model(t["in.x"], t["in.timesteps"], **kw)
-    assert len(calls) == 4 and not torch.equal(a, d)
+        model(t["in.x"], t["in.timesteps"], **kw)
+    assert len(calls) == 4
+    model(t["in.x"], t["in.timesteps"], **kw)
+    model(t["in.x"], t["in.timesteps"], **kw)
+    assert len(calls) == 6
 
 
 def test_gradients_flow_through_text_without_cache():

@@ -9,16 +9,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from test_pipelines_models import (
+from helpers import (
     BASE_SIZE,
     FAST,
     UP_SIZE,
-    bundles,  # noqa: F401  (fixture)
     random_picture,
     square_mask,
     tiny_models,
 )
+from PIL import Image
 
 from glidekit.data.transforms import to_tensor
 from glidekit.pipelines import (
@@ -94,7 +93,7 @@ def test_defaults_follow_the_notebook(t2i, monkeypatch):
     seen = []
     import glidekit.pipelines.engine as engine
 
-    real = engine.GlidePipeline._stage
+    real = engine.GlidePipeline.sample_stage
 
     def spy(self, lm, prompts, stage, *a, **k):
         seen.append(stage)
@@ -102,7 +101,7 @@ def test_defaults_follow_the_notebook(t2i, monkeypatch):
         stage.steps = "2" if stage.low_res is None else "ddim2"
         return real(self, lm, prompts, stage, *a, **k)
 
-    monkeypatch.setattr(engine.GlidePipeline, "_stage", spy)
+    monkeypatch.setattr(engine.GlidePipeline, "sample_stage", spy)
     result = t2i("a corgi", seed=0)
     base, up = seen
     assert (base.guidance_scale, base.sampler, base.temperature) == (3.0, "ancestral", 1.0)

@@ -7,99 +7,34 @@ trivial. Saved as glidekit model files they load like trained ones.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from glidekit.nn import (
-    InpaintConfig,
-    SuperResConfig,
-    SuperResInpaintConfig,
-    Text2ImConfig,
-    create_model,
+from helpers import (  # noqa: F401
+    BASE_SIZE,
+    FAST,
+    UP_SIZE,
+    random_picture,
+    save_tiny_models,
+    square_mask,
+    tiny_models,
 )
-from glidekit.nn.bundle import save_model
+
 from glidekit.pipelines import Text2ImagePipeline, resolve_device, resolve_dtype
-from glidekit.pipelines.common import ModelSlot, default_source
-
-BASE_SIZE, UP_SIZE = 8, 32
-_COMMON = dict(
-    num_channels=32,
-    num_res_blocks=1,
-    num_head_channels=16,
-    text_ctx=16,
-    xf_width=32,
-    xf_layers=1,
-    xf_heads=2,
-)
-FAST = {"steps": 4, "upsample_steps": "ddim4"}  # few steps: fast tests
-
-
-def _tiny(cls, size: int, attention: tuple[int, ...], mult: tuple[int, ...], seed: int):
-    torch.manual_seed(seed)
-    model = create_model(
-        cls(image_size=size, attention_resolutions=attention, channel_mult=mult, **_COMMON)
-    )
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim > 1 and not p.any():  # the zero-initialised output convolutions
-                torch.nn.init.normal_(p, std=0.02)
-    return model.eval()
-
-
-@functools.cache
-def tiny_models() -> dict[str, torch.nn.Module]:
-    return {
-        "base": _tiny(Text2ImConfig, BASE_SIZE, (4,), (1, 2), 0),
-        "upsample": _tiny(SuperResConfig, UP_SIZE, (8,), (1, 2, 2), 1),
-        "base-inpaint": _tiny(InpaintConfig, BASE_SIZE, (4,), (1, 2), 2),
-        "upsample-inpaint": _tiny(SuperResInpaintConfig, UP_SIZE, (8,), (1, 2, 2), 3),
-    }
-
-
-def save_tiny_models(folder: Path) -> dict[str, Path]:
-    """The tiny models as glidekit model files in ``folder``: {name: path}."""
-    folder.mkdir(parents=True, exist_ok=True)
-    return {
-        name: save_model(folder / f"{name}.safetensors", model)
-        for name, model in tiny_models().items()
-    }
-
-
-def random_picture(size: tuple[int, int], seed: int = 0, mode: str = "RGB") -> Image.Image:
-    """A smooth random picture (so resizing does not turn it to mush)."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    small = rng.integers(0, 256, (max(1, h // 8), max(1, w // 8), 3), dtype=np.uint8)
-    img = Image.fromarray(small, "RGB").resize((w, h), Image.BILINEAR)
-    return img.convert(mode) if mode != "RGB" else img
-
-
-def square_mask(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
-    """Black image (keep) with a white (replace) box."""
-    m = Image.new("L", size, 0)
-    m.paste(255, box)
-    return m
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory) -> dict[str, Path]:
-    return save_tiny_models(tmp_path_factory.mktemp("models"))
-
+from glidekit.pipelines.slots import ModelSlot
+from glidekit.pipelines.sources import default_source
 
 # --------------------------------------------------------------------------- tests
 
 
 def test_from_pretrained_paths_load_lazily_and_once(bundles, monkeypatch):
-    import glidekit.nn.bundle as bundle_mod
+    import glidekit.pipelines.slots as slots_mod
 
     calls = []
-    real = bundle_mod.load_model
-    monkeypatch.setattr(bundle_mod, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = slots_mod.load_unet
+    monkeypatch.setattr(slots_mod, "load_unet", lambda *a, **k: calls.append(a) or real(*a, **k))
     pipe = Text2ImagePipeline.from_pretrained(
         str(bundles["base"]), bundles["upsample"], device="cpu"
     )
@@ -129,18 +64,18 @@ def test_compile_runs_the_compiled_model_and_matches_eager(bundles):
 
 
 def test_low_memory_holds_one_model_at_a_time_and_gives_the_same_images(bundles, monkeypatch):
-    import glidekit.nn.bundle as bundle_mod
+    import glidekit.pipelines.slots as bundle_mod
 
     pipe = Text2ImagePipeline(bundles["base"], bundles["upsample"], device="cpu", low_memory=True)
     loads, resident = [], []
-    real = bundle_mod.load_model
+    real = bundle_mod.load_unet
 
     def spy(*a, **k):
         resident.append([s.loaded for s in (pipe.base_slot, pipe.upsampler_slot)])
         loads.append(a[0])
         return real(*a, **k)
 
-    monkeypatch.setattr(bundle_mod, "load_model", spy)
+    monkeypatch.setattr(bundle_mod, "load_unet", spy)
     low = pipe("a red circle", seed=3, **FAST)
     assert [Path(p).name for p in loads] == [bundles["base"].name, bundles["upsample"].name]
     assert resident == [[False, False], [False, False]]  # the base went before the upsampler came
@@ -169,7 +104,7 @@ def test_low_memory_holds_one_model_at_a_time_and_gives_the_same_images(bundles,
 
 
 def test_built_models_and_tuples(bundles):
-    from glidekit.nn.bundle import load_model
+    from glidekit.checkpoints.modelfile import load_unet as load_model
 
     m = tiny_models()
     a = Text2ImagePipeline(base=m["base"], upsampler=None, device="cpu")("x", seed=0, steps=3)
@@ -202,14 +137,13 @@ def test_default_models_hook(bundles, monkeypatch, tmp_path):
     pipe = Text2ImagePipeline.from_pretrained(device="cpu")
     assert pipe.base_slot.label == "base" and pipe.upsampler_slot.label == "upsample"
     assert not pipe.base_slot.loaded
-    # The embedded-models module's answers, None meaning "no such model".
-    monkeypatch.setattr(embedded, "default_base", lambda: bundles["base"])
-    monkeypatch.setattr(embedded, "default_upsampler", lambda: None)
+    # An embedded base and no embedded upsampler: base images only.
+    (tmp_path / embedded.EMBEDDED_FILES["base"]).write_bytes(bundles["base"].read_bytes())
     pipe = Text2ImagePipeline.from_pretrained(device="cpu")
     assert pipe.upsampler_slot is None
     result = pipe("a red circle", seed=0, steps=3)
     assert result.images[0].size == (BASE_SIZE, BASE_SIZE)
-    assert default_source("base_inpaint") == "base-inpaint"  # no default_base_inpaint()
+    assert default_source("base_inpaint") == "base-inpaint"  # no embedded inpainting base
 
 
 def test_device_and_dtype_choice(caplog):

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+import glidekit.tokenizer as tokenizers
 from glidekit.data.shapes import (
     ATTRIBUTES,
     COLORS,
@@ -185,6 +186,19 @@ def test_tokenizer() -> None:
         ShapesTokenizer.from_dict({"kind": "gpt2"})
     with pytest.raises(ValueError, match="unique"):
         ShapesTokenizer(["a", "a"])
+
+
+def test_tokenizer_vocabulary_is_the_worlds_words() -> None:
+    """The tokenizer layer spells the world's words out; they must stay the world's words."""
+    positions = ("top", "bottom", "left", "right", "center")
+    assert set(positions) == {w for p in POSITIONS for w in p.split()}
+    fillers = ("a", "in", "the", "at", "on", "background", "shape")
+    punctuation = (",", ".", ":", ";", "-")
+    assert SHAPES_WORDS == fillers + SIZES + COLORS + SHAPES + positions + punctuation
+    assert ShapesTokenizer is tokenizers.ShapesTokenizer
+    for i in range(50):  # every caption word is in the vocabulary
+        words = canonical_caption(random_scene(random.Random(i))).split()
+        assert set(words) <= set(SHAPES_WORDS)
 
 
 def test_shapes_datasets() -> None:

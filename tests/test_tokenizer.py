@@ -6,7 +6,14 @@ import torch
 from conftest import REFERENCE
 
 from glidekit.errors import VocabularyUnavailableError
-from glidekit.tokenizer import GPT2Tokenizer, Tokenizer, padded_tokens_and_mask, tokenize_batch
+from glidekit.tokenizer import (
+    GPT2Tokenizer,
+    ShapesTokenizer,
+    Tokenizer,
+    padded_tokens_and_mask,
+    tokenize_batch,
+    unknown_words,
+)
 
 GOLDEN = json.loads((REFERENCE / "tokenizer_golden.json").read_text())
 
@@ -72,3 +79,27 @@ def test_missing_vocabulary_is_a_clear_error(monkeypatch):
     with pytest.raises(VocabularyUnavailableError, match="TIKTOKEN_CACHE_DIR") as info:
         GPT2Tokenizer().encode("a corgi")
     assert "ConnectionError" in str(info.value)
+
+
+def test_unknown_words_only_for_closed_vocabularies(tok):
+    shapes = ShapesTokenizer()
+    prompts = ["a fuchsia circle, big", "a fuchsia dog on a red background"]
+    assert unknown_words(shapes, prompts) == ["fuchsia", "big", "dog"]
+    assert unknown_words(shapes, ["a red circle"]) == []
+    assert unknown_words(tok, prompts) == []  # byte-level BPE encodes any text
+    with pytest.raises(TypeError, match="prompts"):
+        unknown_words(shapes, "a red circle")  # type: ignore[arg-type]
+
+
+def test_tokenizer_layer_imports_nothing_above_it():
+    """Loading a tokenizer (e.g. a model file's) must not import models, data or checkpoints."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, glidekit.tokenizer; "
+        "bad = [m for m in sys.modules if m.startswith(('glidekit.data', 'glidekit.checkpoints',"
+        " 'glidekit.nn', 'glidekit.pipelines'))]; print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -6,82 +6,35 @@ import copy
 import io
 import json
 import logging
+import re
+import struct
 import tarfile
+import zipfile
 from contextlib import redirect_stderr
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from train_fixtures import (  # noqa: F401 (restore_threads: an autouse fixture)
+    TINY_CLIP,
+    TINY_UNET,
+    restore_threads,
+    shapes_folder,
+    tiny_config,
+)
 
+from glidekit.checkpoints import load_unet as load_model
+from glidekit.checkpoints.modelfile import TOKENIZER_KEY, load_clip, read_metadata
 from glidekit.cli.main import main
 from glidekit.diffusion import GaussianDiffusion, sample
-from glidekit.nn.bundle import load_model
 from glidekit.nn.layers import sincos_position_embedding
 from glidekit.tokenizer import tokenize_batch
-from glidekit.train import load_checkpoint, load_clip, load_config, train
+from glidekit.train import load_checkpoint, load_config, train
 from glidekit.train.config import TrainConfig
 from glidekit.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
-
-TINY_UNET = {
-    "kind": "text2im",
-    "image_size": 16,
-    "num_channels": 32,
-    "num_res_blocks": 1,
-    "channel_mult": [1, 2],
-    "attention_resolutions": [8],
-    "num_head_channels": 32,
-    "xf_width": 32,
-    "xf_layers": 1,
-    "xf_heads": 1,
-    "text_ctx": 16,
-    "dropout": 0.0,
-}
-TINY_CLIP = {
-    "kind": "clip",
-    "image_size": 16,
-    "patch_size": 4,
-    "n_embd": 32,
-    "n_head_image": 2,
-    "n_head_state_image": 16,
-    "n_xf_blocks_image": 1,
-    "n_head_text": 2,
-    "n_head_state_text": 16,
-    "n_xf_blocks_text": 1,
-}
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    """The tiny configs pin torch to one thread (``train.threads: 1``, far faster than two
-    threads on a shared 2-core machine); give the next test its thread count back."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
-def tiny_config(out_dir: Path, **sections: dict) -> dict:
-    """A tiny shapes-world config as a dict (sections merged over the defaults)."""
-    cfg = {
-        "model": dict(TINY_UNET),
-        "data": {"kind": "shapes", "length": 64},
-        "optim": {"lr": 1e-3, "warmup_steps": 2, "ema_decay": 0.99},
-        "train": {
-            "steps": 4,
-            "batch_size": 4,
-            "out_dir": str(out_dir),
-            "log_every": 1,
-            "checkpoint_every": 0,
-            "progress": False,
-            "threads": 1,
-        },
-        "sample": {"every": 0, "count": 2, "steps": "3"},
-    }
-    for name, values in sections.items():
-        cfg.setdefault(name, {}).update(values)
-    return cfg
 
 
 # ------------------------------------------------------------------------------------ config
@@ -304,7 +257,8 @@ def test_clip_trains_and_exports(tmp_path: Path) -> None:
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert "acc" in records[0]
     assert records[-1]["loss"] < records[0]["loss"]
-    clip, tok = load_clip(result.export)
+    clip = load_clip(result.export)
+    tok = json.loads(read_metadata(result.export)[TOKENIZER_KEY])
     assert tok["type"] == "shapes" and clip.config.image_size == 16
     from glidekit.data import ShapesTokenizer
     from glidekit.train.data import tokenize_shapes_for_clip
@@ -314,7 +268,9 @@ def test_clip_trains_and_exports(tmp_path: Path) -> None:
     )
     z = clip.text_embeddings(tokens)
     assert z.shape == (1, 32) and torch.allclose(z.norm(dim=-1), torch.ones(1), atol=1e-4)
-    grad = clip.cond_fn(tokens, 1.0)(torch.zeros(1, 3, 16, 16), torch.tensor([10]))
+    from glidekit.guidance import clip_cond_fn
+
+    grad = clip_cond_fn(clip, tokens, 1.0)(torch.zeros(1, 3, 16, 16), torch.tensor([10]))
     assert grad.shape == (1, 3, 16, 16)
 
     # The file guides a pipeline from prompts: its shipped vocabulary is used, in CLIP's form.
@@ -367,17 +323,8 @@ def _make_shards(tmp_path: Path, n_shards: int, per_shard: int) -> Path:
 
 
 def test_folder_data_trains(tmp_path: Path) -> None:
-    import random
-
-    from glidekit.data.shapes import generate
-
     root = tmp_path / "images"
-    root.mkdir()
-    rng = random.Random(1)
-    for i in range(5):
-        img, scene = generate(rng, 24)
-        img.save(root / f"{i}.png")
-        (root / f"{i}.txt").write_text(f"a {scene.color} {scene.shape}")
+    shapes_folder(root, 5, 24, seed=1)
     cfg = tiny_config(
         tmp_path / "f",
         data={"kind": "folder", "root": str(root), "tokenizer": "shapes"},
@@ -389,17 +336,8 @@ def test_folder_data_trains(tmp_path: Path) -> None:
 
 def test_overfits_a_handful_of_images(tmp_path: Path) -> None:
     """Four captioned pictures, seen again and again: the loss falls well below its start."""
-    import random
-
-    from glidekit.data.shapes import generate
-
     root = tmp_path / "few"
-    root.mkdir()
-    rng = random.Random(3)
-    for i in range(4):
-        img, scene = generate(rng, 16)
-        img.save(root / f"{i}.png")
-        (root / f"{i}.txt").write_text(f"a {scene.color} {scene.shape}")
+    shapes_folder(root, 4, 16, seed=3)
     out = tmp_path / "overfit"
     cfg = tiny_config(
         out,
@@ -419,18 +357,10 @@ def test_folder_with_corrupt_and_uncaptioned_images_trains(
 ) -> None:
     """Corrupt JPEGs are skipped (and counted), an image without caption trains on "" and the
     run goes on to the end."""
-    import random
-
     from glidekit.data.shapes import generate
 
     root = tmp_path / "images"
-    root.mkdir()
-    rng = random.Random(2)
-    for i in range(5):
-        img, scene = generate(rng, 24)
-        img.save(root / f"{i}.png")
-        if i != 3:  # 3.png has no caption
-            (root / f"{i}.txt").write_text(f"a {scene.color} {scene.shape}")
+    rng = shapes_folder(root, 5, 24, seed=2, uncaptioned={3})  # 3.png has no caption
     buf = io.BytesIO()
     generate(rng, 24)[0].save(buf, format="JPEG")
     (root / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
@@ -463,10 +393,11 @@ def test_missing_data_exits_2_naming_the_key(
     err = capsys.readouterr().err
     assert f"glidekit train: error: {key}:" in err and str(missing) in err, err
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert not (tmp_path / "run").exists()  # a run that could not start leaves no folder
 
 
 def test_high_noise_timestep_sampling(tmp_path: Path) -> None:
-    from glidekit.train.trainer import sample_timesteps
+    from glidekit.train.unet import sample_timesteps
 
     gen = torch.Generator().manual_seed(0)
     plain = sample_timesteps(4000, 1000, gen, torch.device("cpu"))
@@ -574,6 +505,7 @@ def test_inpainting_fine_tune_starts_from_a_text2im_bundle(tmp_path: Path) -> No
     cfg = tiny_config(tmp_path / "b", train={"steps": 1})
     cfg["model"] = {"kind": "inpaint", "init": str(first.export)}
     trainer = Trainer(load_config(cfg))
+    trainer.close()  # releases the run folder for the run below
     widened = trainer.model
     assert widened.config.kind == "inpaint" and widened.config.in_channels == 7
     # Until fine-tuning, the widened model computes exactly what the base did, whatever the
@@ -619,6 +551,7 @@ def test_fine_tune_turns_on_attention_position_embeddings(tmp_path: Path) -> Non
     cfg = tiny_config(tmp_path / "b", train={"steps": 1})
     cfg["model"] = {"kind": "text2im", "init": str(first.export), "attention_pos_emb": True}
     trainer = Trainer(load_config(cfg))
+    trainer.close()  # releases the run folder for the run below
     assert trainer.model.config.attention_pos_emb
     # Every bundle weight carries over; the new embeddings start as the sine-cosine table.
     tuned_state = trainer.model.state_dict()
@@ -662,3 +595,208 @@ def test_clip_position_twins_are_hard_negatives(tmp_path: Path) -> None:
     cfg["model"] = dict(TINY_UNET)
     with pytest.raises(ValueError, match="data.position_twins is for CLIP models"):
         load_config(cfg)
+
+
+# ------------------------------------------------------------------------------------ integrity
+def _config_file(tmp_path: Path, cfg: dict) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def _error_lines(err: str) -> list[str]:
+    """The CLI's error lines in ``err`` (log lines may sit beside them)."""
+    assert "Traceback" not in err, err
+    return [line for line in err.splitlines() if line.startswith("glidekit train: error:")]
+
+
+def _flip_tensor_bytes(path: Path, n: int = 256) -> None:
+    """Flip ``n`` bytes in the middle of the largest tensor record of a torch zip checkpoint."""
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset + 26)  # the local header's name and extra-field lengths
+        name_len, extra_len = struct.unpack("<HH", f.read(4))
+        start = info.header_offset + 30 + name_len + extra_len + (info.file_size - n) // 2
+        f.seek(start)
+        data = f.read(n)
+        f.seek(start)
+        f.write(bytes(b ^ 0xFF for b in data))
+
+
+def test_checkpoint_checksum_and_checkpoints_written_before_it(tmp_path: Path) -> None:
+    """A checkpoint carries a checksum of its content that loading verifies; a checkpoint
+    written before checksums (and recorded overrides) existed still resumes bit for bit."""
+    from glidekit.checkpoints import CorruptCheckpointError
+    from glidekit.train.state import payload_checksum
+
+    sections = {"model": {"dropout": 0.1}, "train": {"steps": 4}}
+    train(load_config(tiny_config(tmp_path / "a", **sections)))
+    split = load_config(tiny_config(tmp_path / "b", **sections))
+    train(split, stop_at=2)
+    path = tmp_path / "b" / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["checksum"].startswith("sha256:") and ckpt["checksum"] == payload_checksum(ckpt)
+    name = next(iter(ckpt["model"]))
+    changed = {**ckpt, "model": {**ckpt["model"], name: ckpt["model"][name] + 1}}
+    torch.save(changed, tmp_path / "changed.pt")  # the old checksum over changed content
+    with pytest.raises(CorruptCheckpointError, match="checksum does not match"):
+        load_checkpoint(tmp_path / "changed.pt")
+    old = {k: v for k, v in ckpt.items() if k not in ("checksum", "overrides")}
+    torch.save(old, path)  # as glidekit wrote it before
+    assert load_checkpoint(path)["step"] == 2
+    assert train(split, resume=True).step == 4
+    _states_equal(load_checkpoint(tmp_path / "a/checkpoint.pt"), load_checkpoint(path))
+
+
+def test_corrupt_checkpoint_is_refused_and_the_previous_one_offered(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    cfg = _config_file(tmp_path, tiny_config(out, train={"steps": 4, "checkpoint_every": 2}))
+    assert main(["train", str(cfg)]) == 0
+    ckpt, prev = out / "checkpoint.pt", out / "checkpoint.prev.pt"
+    assert load_checkpoint(prev)["step"] == 2  # the one before, kept
+    good = load_checkpoint(ckpt)
+    assert good["step"] == 4
+    _flip_tensor_bytes(ckpt)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", str(cfg), "--resume"]) == 2
+    errors = _error_lines(capsys.readouterr().err)
+    assert len(errors) == 1, errors
+    assert str(ckpt) in errors[0] and "corrupt" in errors[0]
+    assert f"intact (step 2): continue with --resume-from {prev}" in errors[0]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # all kept
+    # The offered checkpoint continues the run to exactly where the intact one ended, and the
+    # damaged file does not become the "previous good" one.
+    assert main(["train", str(cfg), "--resume-from", str(prev)]) == 0
+    _states_equal(good, load_checkpoint(ckpt))
+    assert load_checkpoint(prev)["step"] == 2
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from glidekit.train import NonFiniteLossError
+    from glidekit.train import unet as unet_task
+
+    out = tmp_path / "run"
+    cfg = _config_file(tmp_path, tiny_config(out, train={"steps": 6, "checkpoint_every": 2}))
+    assert train(load_config(cfg), stop_at=2).stopped
+    ckpt = out / "checkpoint.pt"
+    good = ckpt.read_bytes()
+    real = unet_task.training_losses
+
+    def poisoned(*args, **kwargs):  # the loss of every step from now on is NaN
+        losses = real(*args, **kwargs)
+        return {**losses, "loss": losses["loss"] * float("nan")}
+
+    monkeypatch.setattr(unet_task, "training_losses", poisoned)
+    capsys.readouterr()
+    assert main(["train", str(cfg), "--resume"]) == 1
+    errors = _error_lines(capsys.readouterr().err)
+    assert len(errors) == 1, errors
+    assert "step 3: the training loss is nan" in errors[0]
+    assert f"The last good checkpoint is {ckpt} (step 2)" in errors[0]
+    assert ckpt.read_bytes() == good  # not replaced by NaN weights
+    assert not (out / "export.safetensors").exists() and not (out / "checkpoint.prev.pt").exists()
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+    ]
+    with pytest.raises(NonFiniteLossError, match="step 3") as info:
+        train(load_config(cfg), resume=True)
+    assert info.value.step == 3 and ckpt.read_bytes() == good
+    fresh = tmp_path / "fresh"
+    with pytest.raises(NonFiniteLossError, match="No checkpoint of this run was written"):
+        train(load_config(tiny_config(fresh)))
+    assert not (fresh / "checkpoint.pt").exists()
+    # Weights gone bad some other way are never checkpointed either.
+    monkeypatch.setattr(unet_task, "training_losses", real)
+    with Trainer(load_config(cfg), resume=True) as trainer:
+        next(trainer.model.parameters()).data.fill_(float("inf"))
+        with pytest.raises(NonFiniteLossError, match="weights hold NaN or infinite"):
+            trainer.save_checkpoint()
+    assert ckpt.read_bytes() == good
+
+
+def test_a_run_folder_in_use_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from glidekit.train import RunFolderBusyError
+    from glidekit.train.state import RunLock
+
+    out = tmp_path / "run"
+    cfg = _config_file(tmp_path, tiny_config(out, train={"steps": 4}))
+    train(load_config(cfg), stop_at=2)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    lock = RunLock(out)
+    lock.acquire()  # as another training run does
+    try:
+        capsys.readouterr()
+        assert main(["train", str(cfg), "--resume"]) == 2
+        errors = _error_lines(capsys.readouterr().err)
+        assert len(errors) == 1 and "in use by another training run" in errors[0], errors
+        assert str(out) in errors[0]
+        with pytest.raises(RunFolderBusyError):
+            Trainer(load_config(cfg), resume=True)
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    finally:
+        lock.release()
+    assert main(["train", str(cfg), "--resume"]) == 0  # free again: the run goes on
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 4
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["checkpoint.pt", "checkpoint.prev.pt", "export.safetensors", "loss.png", "metrics.jsonl",
+         "samples"]
+    )  # fmt: skip
+
+
+def test_resume_reapplies_the_runs_overrides(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from glidekit.train.config import merge_overrides
+
+    out = tmp_path / "run"
+    cfg = _config_file(tmp_path, tiny_config(out, train={"steps": 4}))
+    assert main(["train", str(cfg), "train.steps=2", "optim.lr=2e-3"]) == 0
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 2
+    assert main(["train", str(cfg), "--resume"]) == 0  # train.steps=2 still: nothing to add
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["step"] == 2 and ckpt["overrides"] == ["train.steps=2", "optim.lr=2e-3"]
+    assert main(["train", str(cfg), "train.steps=3", "--resume"]) == 0  # given again: replaced
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["step"] == 3 and ckpt["overrides"] == ["optim.lr=2e-3", "train.steps=3"]
+    assert ckpt["config"]["optim"]["lr"] == pytest.approx(2e-3)
+    capsys.readouterr()
+    assert main(["train", str(cfg), "--resume", "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert "steps: 3" in printed and "lr: 0.002" in printed
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "applies again the overrides the run was started with" in " ".join(
+        capsys.readouterr().out.split()
+    )
+    assert merge_overrides(
+        ["train.steps=2", "export.sampling.steps=karras25", "optim.lr=1"],
+        ["export.sampling={steps: '50'}", "train.steps=5"],
+    ) == ["optim.lr=1", "export.sampling={steps: '50'}", "train.steps=5"]
+
+
+def test_export_carries_the_models_sampling_defaults(tmp_path: Path) -> None:
+    from glidekit.checkpoints.modelfile import read_sampling_defaults
+
+    sampling = {"guidance_scale": 3.0, "steps": "karras25", "sampler": "dpm++2m"}
+    cfg = tiny_config(tmp_path / "s", train={"steps": 1})
+    result = train(load_config(cfg | {"export": {"sampling": sampling}}))
+    assert read_sampling_defaults(result.export) == sampling
+    assert read_sampling_defaults(train(load_config(tiny_config(tmp_path / "n"))).export) == {}
+    one = load_config(cfg, ["export.sampling.steps=karras50", "export.sampling.guidance_scale=2"])
+    assert one.export.sampling == {"steps": "karras50", "guidance_scale": 2}
+    for overrides, needle in (
+        (["export.sampling=3"], "export.sampling must be a mapping"),
+        (["export.sampling.guidance_scale=.nan"], "export.sampling.guidance_scale"),
+        (["export.sampling.sampler_options={eta: 1}"], "export.sampling.sampler_options"),
+        (["export.sampling={1: 2}"], "export.sampling: 1 is not an option name"),
+        (["train.steps.x=1"], "train.steps is not a mapping"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            load_config(cfg, overrides)
+    with pytest.raises(ValueError, match="export.sampling holds a diffusion model's"):
+        load_config(cfg | {"model": dict(TINY_CLIP), "export": {"sampling": sampling}})

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_train import TINY_CLIP, _restore_threads, tiny_config  # noqa: F401 (autouse fixture)
+from train_fixtures import TINY_CLIP, restore_threads, tiny_config  # noqa: F401 (autouse fixture)
 
 from glidekit.train import load_checkpoint, load_config, train
 
@@ -27,15 +27,17 @@ DDP_SCRIPT = r"""
 import hashlib, json, os, sys
 from pathlib import Path
 
-from glidekit.train import load_config, report, state, trainer as tr
+from glidekit.train import clip, load_config, report, state, trainer as tr, unet
 
 rank = int(os.environ["RANK"])
 if rank != 0:
     def forbidden(*args, **kwargs):
         raise RuntimeError(f"rank {rank} tried to write a file")
     state.atomic_torch_save = forbidden
-    for name in ("save_model", "save_clip", "save_grid", "plot_loss_curve"):
-        setattr(tr, name, forbidden)
+    for module, name in ((unet, "save_unet"), (clip, "save_clip"), (unet, "save_grid"),
+                         (tr, "plot_loss_curve")):
+        assert hasattr(module, name), name  # the name the trainer writes through
+        setattr(module, name, forbidden)
     report.MetricsLog.append = forbidden
     report.MetricsLog.load = forbidden
 
@@ -134,6 +136,40 @@ def test_sigterm_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     assert steps == list(range(1, 31))
 
 
+def test_second_run_on_a_busy_folder_fails_at_once(tmp_path: Path) -> None:
+    """A second ``glidekit train --resume`` on a folder a run is training in exits 2 with one
+    line before touching anything; the first run goes on alone (its log stays in order)."""
+    out = tmp_path / "run"
+    cfg = tiny_config(out, train={"steps": 5000, "batch_size": 2, "checkpoint_every": 3})
+    config = _write_config(tmp_path / "cfg.yaml", cfg)
+    first = subprocess.Popen(
+        _cli(str(config)), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline:
+            assert first.poll() is None, first.communicate()[1]
+            time.sleep(0.05)
+        second = subprocess.run(
+            _cli(str(config), "--resume"),
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+    finally:
+        first.send_signal(signal.SIGTERM)
+        _, first_err = first.communicate(timeout=TIMEOUT)
+    assert second.returncode == 2, second.stderr
+    assert "Traceback" not in second.stderr and "resumed from" not in second.stderr
+    errors = [x for x in second.stderr.splitlines() if x.startswith("glidekit train: error:")]
+    assert len(errors) == 1 and "in use by another training run" in errors[0], second.stderr
+    assert first.returncode == 0, first_err
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, len(steps) + 1)), steps  # one writer, in order
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == steps[-1]
+
+
 def _torchrun(tmp_path: Path, config: Path, *overrides: str) -> subprocess.CompletedProcess:
     script = tmp_path / "ddp_check.py"
     script.write_text(DDP_SCRIPT)
@@ -168,10 +204,12 @@ def test_torchrun_two_processes(tmp_path: Path, kind: str) -> None:
     assert report["world"] == 2 and report["step"] == 12
     assert report["hashes"][0] == report["hashes"][1]  # weights and EMA equal on both ranks
 
-    expected = {"checkpoint.pt", "metrics.jsonl", "loss.png", "export.safetensors", "ddp.json"}
+    # checkpoint.prev.pt: the checkpoint of step 6, kept when step 12's was written.
+    expected = {"checkpoint.pt", "checkpoint.prev.pt", "metrics.jsonl", "loss.png",
+                "export.safetensors", "ddp.json"}  # fmt: skip
     if kind != "clip":
         expected.add("samples")
-    assert {p.name for p in out.iterdir()} == expected  # one checkpoint, no temp files
+    assert {p.name for p in out.iterdir()} == expected  # no temp files, no lock file
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["step"] == 12
     assert ckpt["world_size"] == 2 and len(ckpt["ranks"]) == 2
@@ -308,8 +346,9 @@ rank, world = t.dist.rank, t.dist.world_size
 per = len(batch["captions"]) // world
 rows = slice(rank * per, (rank + 1) * per)
 t.model.train()
-loss, _ = t.unet_loss(
-    batch["images"][rows], batch["captions"][rows], batch["t"][rows], batch["noise"][rows]
+loss, _ = t.task.batch_loss(
+    t.ddp, batch["images"][rows], batch["captions"][rows], batch["t"][rows],
+    batch["noise"][rows], ctx=t.ctx,
 )
 loss.backward()
 if rank == 0:
@@ -345,7 +384,9 @@ def test_ddp_gradients_equal_single_process(tmp_path: Path) -> None:
 
     single = Trainer(load_config(cfg))
     single.model.train()
-    loss, _ = single.unet_loss(batch["images"], batch["captions"], batch["t"], batch["noise"])
+    loss, _ = single.task.batch_loss(
+        single.ddp, batch["images"], batch["captions"], batch["t"], batch["noise"], ctx=single.ctx
+    )
     loss.backward()
     expected = {n: p.grad for n, p in single.model.named_parameters() if p.grad is not None}
     single.close()

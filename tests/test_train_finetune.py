@@ -1,5 +1,5 @@
 """Fine-tuning end to end: an official-layout .pt -> ``glidekit convert`` -> ``glidekit train``
-with ``model.init`` -> export -> :func:`glidekit.nn.bundle.load_model` -> samples.
+with ``model.init`` -> export -> :func:`glidekit.checkpoints.load_unet` -> samples.
 
 The checkpoint is the fixture-sized text2im model of ``golden/text2im_forward`` (the official
 code's layout and tokenizer), so this is the released-weights fine-tuning path at toy size.
@@ -10,18 +10,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import random
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import load_golden, strip_prefix
-from test_train import _restore_threads  # noqa: F401 (autouse fixture)
+from train_fixtures import restore_threads, shapes_folder  # noqa: F401 (autouse fixture)
 
+from glidekit.checkpoints import load_unet as load_model
 from glidekit.cli.main import main
 from glidekit.compat import config_from_options
 from glidekit.diffusion import GaussianDiffusion, sample
-from glidekit.nn.bundle import load_model
 from glidekit.tokenizer import tokenize_batch
 from glidekit.train import load_checkpoint
 
@@ -29,8 +28,6 @@ from glidekit.train import load_checkpoint
 def test_finetune_converted_checkpoint_end_to_end(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from glidekit.data.shapes import generate
-
     meta, tensors = load_golden("text2im_forward")
     official = strip_prefix(tensors, "model.")
     pt = tmp_path / "base-tiny.pt"
@@ -40,13 +37,8 @@ def test_finetune_converted_checkpoint_end_to_end(
     converted = tmp_path / "base-tiny.safetensors"
     assert converted.is_file()
 
-    root = tmp_path / "images"
-    root.mkdir()
-    rng = random.Random(3)
-    for i in range(4):
-        img, scene = generate(rng, 40)  # resized and cropped to the model's 32x32
-        img.save(root / f"{i}.png")
-        (root / f"{i}.txt").write_text(f"a photo of a {scene.color} {scene.shape}")
+    root = tmp_path / "images"  # 40x40 pictures, resized and cropped to the model's 32x32
+    shapes_folder(root, 4, 40, seed=3, caption="a photo of a {color} {shape}")
 
     arch = dataclasses.asdict(config_from_options(meta["options"]))
     config = {

@@ -11,9 +11,8 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import Server, random_picture, start_server
 from PIL import Image
-from test_pipelines_models import random_picture
-from test_web_server import Server, start_server
 
 from glidekit.pipelines import read_png_params
 

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import UP_SIZE, random_picture, save_tiny_models, square_mask
 from PIL import Image
-from test_pipelines_models import UP_SIZE, random_picture, save_tiny_models, square_mask
 
 from glidekit.pipelines import read_png_params
+from glidekit.pipelines.options import step_count
 from glidekit.web.jobs import (
     InputError,
     Jobs,
     Limits,
     WebConfig,
     check_prompt,
-    check_seed,
-    check_steps,
-    count_steps,
     mask_from_layers,
     open_image,
+    seed_field,
     upload_path,
 )
 
@@ -38,36 +37,40 @@ def jobs(tmp_path_factory) -> Jobs:
     return Jobs(config)
 
 
-def test_step_counts_and_limits():
-    assert count_steps("50") == 50 and count_steps("ddim25") == 25
-    assert count_steps("fast27") == 27 and count_steps("10,10,3,2,2") == 27
-    assert count_steps("karras12") == 12
-    lim = Limits(max_steps=100)
-    assert check_steps(4, lim) == "4" and check_steps(" DDIM4 ", lim) == "ddim4"
-    assert check_steps(8.0, lim) == "8"
+def test_step_counts_and_limits(jobs):
+    assert step_count("50") == 50 and step_count("ddim25") == 25
+    assert step_count("fast27") == 27 and step_count("10,10,3,2,2") == 27
+    assert step_count("karras12") == 12
+
+    def steps(value):
+        return jobs.options("generate", "a cat", steps=value)[1].steps
+
+    assert steps(4) == "4" and steps(" DDIM4 ") == "ddim4" and steps(8.0) == "8"
+    high = jobs.limits.max_steps
     for bad, words in [
-        ("99999", "between 1 and 100"),
-        ("0", "between 1 and 100"),
+        ("99999", f"between 1 and {high}"),
+        ("0", "cannot read"),
         ("banana", "cannot read"),
-        ("", "number of steps"),
-        (True, "number of steps"),
-        ("9" * 100, "too long"),
+        ("", "cannot read"),
+        (True, "expected a step count"),
+        ("9" * 300, "too long"),
     ]:
         with pytest.raises(InputError, match=words):
-            check_steps(bad, lim)
+            steps(bad)
 
 
-def test_prompt_and_seed_checks():
+def test_prompt_and_seed_checks(jobs):
     lim = Limits(max_prompt_chars=10)
     assert check_prompt("  a   cat ", lim) == "a cat"
     for bad, words in [("", "empty"), ("   ", "empty"), (None, "type"), ("x" * 11, "too long")]:
         with pytest.raises(InputError, match=words):
             check_prompt(bad, lim)
-    assert check_seed(5, False) == 5 and check_seed(5.0, False) == 5
-    assert 0 <= check_seed(5, True) < 2**31  # random wins
+    assert seed_field(5, False) == 5 and seed_field(5.0, False) == 5
+    assert seed_field(5, True) is None  # random wins: the options draw a fresh seed
+    assert 0 <= jobs.options("generate", "a cat", seed=None)[1].seed < 2**31
     for bad in (-1, 2**40, 1.5, "x", float("nan")):
         with pytest.raises(InputError):
-            check_seed(bad, False)
+            jobs.options("generate", "a cat", seed=seed_field(bad, False))
 
 
 def test_uploads_only_from_the_apps_folders(tmp_path):
@@ -160,25 +163,26 @@ def test_inpaint_keeps_the_unmasked_region(jobs):
 
 def test_embedded_models_sample_with_their_own_defaults(tmp_path, monkeypatch):
     """No released weights and no models named: the app serves the embedded cascade with
-    glidekit.models.EMBEDDED_SAMPLING (CLIP guidance), as the command line does; PNGs sent out
-    name the CLIP without the server's path."""
+    the defaults written in their files (CLIP guidance), as the command line does; PNGs sent
+    out name the CLIP without the server's path."""
     import glidekit.models as embedded
-    from glidekit.pipelines import ClipGuidedPipeline
+    from glidekit.checkpoints.modelfile import read_sampling_defaults
 
     monkeypatch.setenv("GLIDEKIT_CACHE", str(tmp_path / "empty-cache"))
     app = Jobs(WebConfig(workdir=tmp_path / "work", device="cpu", upsampler="none",
                          inpaint_upsampler="none"))  # fmt: skip
-    gen, inp = embedded.EMBEDDED_SAMPLING["base"][1], embedded.EMBEDDED_SAMPLING["base_inpaint"][1]
-    assert isinstance(app.text2image, ClipGuidedPipeline)
+    gen = read_sampling_defaults(embedded.embedded_path("base"))
+    inp = read_sampling_defaults(embedded.embedded_path("base_inpaint"))
+    assert app.default("generate", "guidance") == "clip"
     assert app.default("generate", "guidance_scale") == gen["guidance_scale"]
     assert app.default("generate", "steps") == str(gen["steps"])
     assert app.default("inpaint", "guidance_scale") == inp["guidance_scale"]
-    assert app.default("generate", "guidance_scale", 7.0) == 7.0  # a value given wins
     out = app.generate("a large red square at the center", steps="3", seed=1, random_seed=False)
     assert (
         out.params["guidance"] == "clip" and out.params["guidance_scale"] == gen["guidance_scale"]
     )
-    assert read_png_params(out.paths[0])["clip"] == embedded.CLIP_FILE
+    clip = read_png_params(out.paths[0])["clip"]
+    assert clip.endswith(embedded.EMBEDDED_FILES["clip"]) and "/" not in clip
     picture = Image.new("RGB", (32, 32), (245, 245, 245))
     mask = Image.new("L", (32, 32), 0)
     mask.paste(255, (0, 0, 16, 16))

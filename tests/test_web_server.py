@@ -7,21 +7,14 @@ The browser tests (tests/test_web_browser.py) reuse :func:`start_server`.
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TIMEOUT, Server, random_picture, save_tiny_models, square_mask, start_server  # noqa: F401
 from PIL import Image
-from test_pipelines_models import random_picture, save_tiny_models, square_mask
 
 pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
@@ -29,76 +22,6 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
 from glidekit.pipelines import read_png_params  # noqa: E402
-
-TIMEOUT = 60  # seconds any one request may take at most
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen
-    tmp: Path  # the server's TMPDIR: its work folder is made in here
-    log: Path
-
-    def client(self, downloads: Path) -> Client:
-        return Client(self.url, verbose=False, download_files=str(downloads))
-
-    def rss_kb(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmRSS")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return self.process.returncode
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(folder: Path, *extra: str, queue_size: int = 4) -> Server:
-    """``glidekit serve`` on tiny models on a free loopback port; waits until it answers."""
-    models = save_tiny_models(folder / "models")
-    tmp = folder / "tmp"
-    tmp.mkdir()
-    port = free_port()
-    env = dict(os.environ, TMPDIR=str(tmp), GRADIO_ANALYTICS_ENABLED="False")
-    env.pop("GRADIO_TEMP_DIR", None)
-    cmd = [
-        sys.executable, "-m", "glidekit.cli.main", "serve",
-        "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-        "--base", str(models["base"]), "--upsampler", str(models["upsample"]),
-        "--inpaint", str(models["base-inpaint"]),
-        "--inpaint-upsampler", str(models["upsample-inpaint"]),
-        "--steps", "4", "--upsample-steps", "ddim4", "--queue-size", str(queue_size),
-        *extra,
-    ]  # fmt: skip
-    log = folder / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    server = Server(f"http://127.0.0.1:{port}/", process, tmp, log)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(server.url + "config", timeout=5) as r:
-                if r.status == 200:
-                    return server
-        except OSError:
-            time.sleep(0.5)
-    server.stop()
-    raise AssertionError(f"server did not start:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""The checkpoint cache: where it lives, atomic writes, and the sha256 manifest."""
+"""The checkpoint cache: where it lives (:func:`glidekit.fileio.cache_dir`, re-exported here),
+atomic writes, and the sha256 manifest."""
 
 from __future__ import annotations
 
@@ -15,32 +16,14 @@ from typing import Any
 
 from filelock import FileLock
 
-from glidekit.fileio import atomic_path
+from glidekit.fileio import CACHE_ENV, atomic_path, cache_dir
 
 logger = logging.getLogger(__name__)
 
-CACHE_ENV = "GLIDEKIT_CACHE"
 OFFLINE_ENV = "GLIDEKIT_OFFLINE"
 MANIFEST_NAME = "manifest.json"
 _MANIFEST_VERSION = 1
 _HASH_CHUNK = 8 << 20
-
-
-def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
-    """The cache directory (absolute; created on first write, not here).
-
-    Order: ``override``, ``$GLIDEKIT_CACHE``, ``$XDG_CACHE_HOME/glidekit`` (if absolute),
-    ``~/.cache/glidekit``. Never the working directory.
-    """
-    if override is not None and str(override) != "":
-        return Path(override).expanduser().absolute()
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser().absolute()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    if xdg and Path(xdg).expanduser().is_absolute():
-        return Path(xdg).expanduser() / "glidekit"
-    return Path.home() / ".cache" / "glidekit"
 
 
 def offline() -> bool:

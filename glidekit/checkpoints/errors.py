@@ -39,12 +39,19 @@ class LayoutMismatchError(CheckpointError):
     """Missing, unexpected or mis-shaped tensors, or a checkpoint of another model kind."""
 
 
+class ModelFileError(CheckpointError):
+    """A glidekit model file (UNet or CLIP, :mod:`glidekit.checkpoints.modelfile`) that cannot be
+    used: not such a file, metadata missing or invalid, a config beyond any glidekit model's
+    size, or tensors that do not match the config. Raised before any model is allocated."""
+
+
 __all__ = [
     "ChangedCheckpointError",
     "CheckpointError",
     "CorruptCheckpointError",
     "DownloadError",
     "LayoutMismatchError",
+    "ModelFileError",
     "OfflineError",
     "UnknownCheckpointError",
     "UnsafeCheckpointError",

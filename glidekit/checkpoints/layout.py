@@ -15,7 +15,6 @@ For a released name, :func:`released_layout` uses specs data when given (or when
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -27,6 +26,8 @@ import torch
 
 from glidekit.checkpoints.errors import LayoutMismatchError
 from glidekit.checkpoints.registry import CHECKPOINTS, CheckpointInfo, get_checkpoint
+from glidekit.clip import create_clip_model
+from glidekit.nn import UNetConfig, create_model
 
 #: Environment variable naming a ``checkpoint_specs.json``-like file used for released layouts.
 SPECS_ENV = "GLIDEKIT_CHECKPOINT_SPECS"
@@ -49,25 +50,14 @@ def build_meta_model(source: CheckpointInfo | Any) -> torch.nn.Module:
     """Build the module of a released checkpoint or of a config on the ``meta`` device.
 
     ``source`` is a :class:`CheckpointInfo`, a ``UNetConfig`` or a ``CLIPConfig`` (for a CLIP
-    config the whole CLIP model is returned). Needs the model code (``glidekit.nn`` /
-    ``glidekit.clip``); raises ``ImportError`` without it.
+    config the whole CLIP model is returned).
     """
     if isinstance(source, CheckpointInfo):
         model = build_meta_model(source.config())
         return getattr(model, source.clip_part) if source.clip_part else model
-    from glidekit.nn.config import UNetConfig
-
-    with torch.device("meta"):
-        if isinstance(source, UNetConfig):
-            from glidekit.nn import create_model
-
-            return create_model(source, device="meta")
-        from glidekit.clip import create_clip_model
-
-        params = inspect.signature(create_clip_model).parameters
-        if "device" in params:
-            return create_clip_model(source, device="meta")
-        return create_clip_model(source)
+    if isinstance(source, UNetConfig):
+        return create_model(source, device="meta")
+    return create_clip_model(source, device="meta")
 
 
 def _load_specs(specs: Mapping[str, Any] | str | os.PathLike[str]) -> Mapping[str, Any]:
@@ -158,6 +148,27 @@ class LayoutDiff:
 
     def __bool__(self) -> bool:
         return bool(self.missing or self.unexpected or self.mismatched)
+
+    def summary(self, max_items: int = 3) -> str:
+        """The differences on one line: ``missing a [2, 3]; unexpected b [4]; ...``."""
+
+        def listed(what: str, items: Sequence[str]) -> str:
+            more = f" and {len(items) - max_items} more" if len(items) > max_items else ""
+            return f"{what} " + ", ".join(items[:max_items]) + more
+
+        parts = [
+            listed(what, items)
+            for what, items in (
+                ("missing", [f"{k} {list(s)}" for k, s in self.missing]),
+                ("unexpected", [f"{k} {list(s)}" for k, s in self.unexpected]),
+                (
+                    "mis-shaped",
+                    [f"{k} {list(a)} (expected {list(e)})" for k, a, e in self.mismatched],
+                ),
+            )
+            if items
+        ]
+        return "; ".join(parts) or "no differences"
 
 
 def diff_layouts(

@@ -13,11 +13,11 @@ import os
 import pickle
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from glidekit.checkpoints import cache as _cache
 from glidekit.checkpoints.cache import Manifest, atomic_path, is_inside, sha256_file
@@ -30,11 +30,16 @@ from glidekit.checkpoints.errors import (
 )
 from glidekit.checkpoints.layout import Layout, check_layout, expected_layout, released_layout
 from glidekit.checkpoints.registry import CheckpointInfo, get_checkpoint, lookup
-from glidekit.tensorfile import read_header, read_tensors
+from glidekit.tensorfile import open_regular, read_header, read_tensors, write_tensors
 
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
+
+# Metadata of a converted released checkpoint (glidekit's own model files: modelfile.py).
+SOURCE_KEY = "glidekit.source"
+DTYPE_KEY = "glidekit.dtype"
+CHECKPOINT_KEY = "glidekit.checkpoint"
 
 
 def read_state_dict(
@@ -52,6 +57,7 @@ def read_state_dict(
     """
     path = Path(path)
     try:
+        open_regular(path).close()  # a FIFO or a device would block torch.load or never end
         if path.name.endswith(".safetensors"):
             obj: Any = read_tensors(path, dtypes)
         else:
@@ -114,29 +120,27 @@ def read_layout(path: PathLike) -> Layout | None:
         raise _corrupt(path, exc) from exc
 
 
-def _default_layout(name: str) -> Layout | None:
-    """Released layout of ``name``; None (kind check only) when the model code is missing."""
-    try:
-        return released_layout(name)
-    except ImportError as exc:
-        logger.debug("no model code to build the %s layout (%s); checking its kind only", name, exc)
-        return None
+@dataclass(frozen=True)
+class _Request:
+    """How to load a checkpoint, as :func:`load_state_dict` documents its arguments."""
+
+    expected: Any
+    cache: Path
+    verify: bool | None
+    prefer_safetensors: bool
+    fetch_kwargs: dict[str, Any]
+    dtypes: Mapping[str, torch.dtype] | None = None
 
 
-def _load_checked(
-    path: Path,
-    *,
-    expected: Any,
-    name: str | None,
-    cache: Path,
-    verify: bool | None,
-    dtypes: Mapping[str, torch.dtype] | None = None,
-) -> dict[str, torch.Tensor]:
-    """Integrity check (manifest), layout check, then the tensors (CPU; cast per ``dtypes``)."""
-    manifest = Manifest(cache)
-    in_cache = is_inside(path, cache)
+def _load_checked(path: Path, name: str | None, req: _Request) -> dict[str, torch.Tensor]:
+    """Integrity check (manifest), layout check, then the tensors (CPU; cast per ``dtypes``).
+
+    ``name``: the released checkpoint the file is (or is meant to be), if any.
+    """
+    manifest = Manifest(req.cache)
+    in_cache = is_inside(path, req.cache)
     entry = manifest.get(path)
-    track = verify is True or (verify is None and in_cache)
+    track = req.verify is True or (req.verify is None and in_cache)
     digest: str | None = None
     if track and entry is not None:
         size = path.stat().st_size
@@ -158,20 +162,20 @@ def _load_checked(
                 "with verify=False to accept and re-record it; otherwise delete it and download "
                 "it again."
             )
-    if expected is not None:
-        layout: Layout | None = expected_layout(expected)
+    if req.expected is not None:
+        layout: Layout | None = expected_layout(req.expected)
     elif name is not None:
-        layout = _default_layout(name)
+        layout = released_layout(name)
     else:
         layout = None
     header = read_layout(path)
     if header is not None:
         check_layout(header, layout, file=path, name=name)
-    tensors = read_state_dict(path, dtypes)
+    tensors = read_state_dict(path, req.dtypes)
     if header is None:
         check_layout({k: tuple(v.shape) for k, v in tensors.items()}, layout, file=path, name=name)
-    if in_cache or verify is True or entry is not None:
-        if verify is False or entry is None or not entry.sha256:
+    if in_cache or req.verify is True or entry is not None:
+        if req.verify is False or entry is None or not entry.sha256:
             manifest.record(
                 path,
                 sha256=digest or sha256_file(path),
@@ -180,52 +184,45 @@ def _load_checked(
     return tensors
 
 
-def _released_source(
-    info: CheckpointInfo, cache: Path, *, prefer_safetensors: bool, fetch_kwargs: dict[str, Any]
-) -> Path:
+def _released_source(info: CheckpointInfo, req: _Request) -> Path:
     """The file to load for a released name: ``<stem>.safetensors`` if converted, else the
     official file (``<stem>.fp16.safetensors`` instead when only that one is cached), downloaded
     if needed."""
-    if prefer_safetensors:
-        converted, official, half = preferred_files(cache, info.stem)
+    if req.prefer_safetensors:
+        converted, official, half = preferred_files(req.cache, info.stem)
         if converted.is_file():
             return converted
         if half.is_file() and not official.is_file():
             return half
-    return fetch(info.name, cache_dir=cache, **fetch_kwargs)
+    return fetch(info.name, cache_dir=req.cache, **req.fetch_kwargs)
 
 
-def _load_released(
-    info: CheckpointInfo,
-    *,
-    cache: Path,
-    expected: Any,
-    verify: bool | None,
-    prefer_safetensors: bool,
-    fetch_kwargs: dict[str, Any],
-    dtypes: Mapping[str, torch.dtype] | None = None,
-) -> tuple[Path, dict[str, torch.Tensor]]:
-    """Load a released checkpoint; a corrupt or truncated cached file is deleted and fetched
-    again once (unless offline)."""
-    path = _released_source(
-        info, cache, prefer_safetensors=prefer_safetensors, fetch_kwargs=fetch_kwargs
-    )
-    try:
-        return path, _load_checked(
-            path, expected=expected, name=info.name, cache=cache, verify=verify, dtypes=dtypes
-        )
-    except CorruptCheckpointError as exc:
-        if _cache.offline() or not is_inside(path, cache):
-            raise
-        logger.warning("%s; deleting it and fetching it again", exc)
-        path.unlink(missing_ok=True)
-        Manifest(cache).forget(path)
-    path = _released_source(
-        info, cache, prefer_safetensors=prefer_safetensors, fetch_kwargs=fetch_kwargs
-    )
-    return path, _load_checked(
-        path, expected=expected, name=info.name, cache=cache, verify=verify, dtypes=dtypes
-    )
+def _resolve_and_load(
+    name_or_path: PathLike, checkpoint: str | None, req: _Request
+) -> tuple[Path, CheckpointInfo | None, dict[str, torch.Tensor]]:
+    """(the file loaded, the released checkpoint it is or is meant to be, its tensors) for a
+    released name (fetched if needed) or a local file or folder.
+
+    A released checkpoint whose cached file is corrupt or truncated is deleted and fetched
+    again once (unless offline).
+    """
+    info = lookup(name_or_path) if isinstance(name_or_path, str) else None
+    if info is None:
+        info = get_checkpoint(checkpoint) if checkpoint else None
+        source = local_checkpoint_path(name_or_path, checkpoint)
+        return source, info, _load_checked(source, info.name if info else None, req)
+    retried = False
+    while True:
+        source = _released_source(info, req)
+        try:
+            return source, info, _load_checked(source, info.name, req)
+        except CorruptCheckpointError as exc:
+            if retried or _cache.offline() or not is_inside(source, req.cache):
+                raise
+            logger.warning("%s; deleting it and fetching it again", exc)
+            source.unlink(missing_ok=True)
+            Manifest(req.cache).forget(source)
+            retried = True
 
 
 def load_state_dict(
@@ -271,24 +268,10 @@ def load_state_dict(
     Raises:
         CheckpointError: with a message naming the file, for every failure (see the subclasses).
     """
+    fetching = {"progress": progress, "url": url, **fetch_kwargs}
     cache = _cache.cache_dir(cache_dir)
-    info = lookup(name_or_path) if isinstance(name_or_path, str) else None
-    if info is not None:
-        _, tensors = _load_released(
-            info,
-            cache=cache,
-            expected=expected,
-            verify=verify,
-            prefer_safetensors=prefer_safetensors,
-            fetch_kwargs={"progress": progress, "url": url, **fetch_kwargs},
-            dtypes=dtypes,
-        )
-    else:
-        path = local_checkpoint_path(name_or_path, checkpoint)
-        name = get_checkpoint(checkpoint).name if checkpoint else None
-        tensors = _load_checked(
-            path, expected=expected, name=name, cache=cache, verify=verify, dtypes=dtypes
-        )
+    req = _Request(expected, cache, verify, prefer_safetensors, fetching, dtypes)
+    _, _, tensors = _resolve_and_load(name_or_path, checkpoint, req)
     if torch.device(device) != torch.device("cpu"):
         tensors = {k: v.to(device) for k, v in tensors.items()}
     return tensors
@@ -315,17 +298,9 @@ def load_into(
     Other arguments as in :func:`load_state_dict`.
     """
     dtypes = {k: v.dtype for k, v in module.state_dict().items()}
-    tensors = load_state_dict(
-        name_or_path,
-        checkpoint=checkpoint,
-        expected=module,
-        cache_dir=cache_dir,
-        verify=verify,
-        progress=progress,
-        url=url,
-        dtypes=dtypes,
-        **fetch_kwargs,
-    )
+    fetching = {"progress": progress, "url": url, **fetch_kwargs}
+    req = _Request(module, _cache.cache_dir(cache_dir), verify, True, fetching, dtypes)
+    _, _, tensors = _resolve_and_load(name_or_path, checkpoint, req)
     assign = any(t.is_meta for t in module.state_dict().values())
     module.load_state_dict(tensors, strict=True, assign=assign)
     return module
@@ -352,50 +327,36 @@ def convert(
     goes next to it. The source is validated exactly as :func:`load_state_dict` does.
     """
     cache = _cache.cache_dir(cache_dir)
-    info = lookup(name_or_path) if isinstance(name_or_path, str) else None
+    released = isinstance(name_or_path, str) and lookup(name_or_path) is not None
+    fetching = {"progress": progress, "url": url, **fetch_kwargs}
+    source, info, tensors = _resolve_and_load(
+        name_or_path, checkpoint, _Request(expected, cache, verify, False, fetching)
+    )
     suffix = ".fp16.safetensors" if fp16 else ".safetensors"
-    if info is not None:
-        source, tensors = _load_released(
-            info,
-            cache=cache,
-            expected=expected,
-            verify=verify,
-            prefer_safetensors=False,
-            fetch_kwargs={"progress": progress, "url": url, **fetch_kwargs},
-        )
-        dest = Path(output) if output is not None else cache / f"{info.stem}{suffix}"
-        name: str | None = info.name
+    if output is not None:
+        dest = Path(output)
+    elif released and info is not None:
+        dest = cache / f"{info.stem}{suffix}"
     else:
-        source = local_checkpoint_path(name_or_path, checkpoint)
-        name = get_checkpoint(checkpoint).name if checkpoint else None
-        tensors = _load_checked(source, expected=expected, name=name, cache=cache, verify=verify)
         stem = source.name
         for ext in (".fp16.safetensors", ".safetensors", ".pt", ".pth", ".bin"):
             if stem.endswith(ext):
                 stem = stem[: -len(ext)]
                 break
-        dest = Path(output) if output is not None else source.with_name(stem + suffix)
+        dest = source.with_name(stem + suffix)
     if dest.absolute() == source.absolute():
         raise CheckpointError(f"{source} is already a {suffix} file; nothing to convert")
-    out: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
-    for key, value in tensors.items():
-        if fp16 and value.is_floating_point():
-            value = value.to(torch.float16)
-        value = value.contiguous()
-        if value.untyped_storage().data_ptr() in seen:  # safetensors refuses shared storage
-            value = value.clone()
-        seen.add(value.untyped_storage().data_ptr())
-        out[key] = value
     metadata = {
         "format": "pt",
-        "glidekit.source": source.name,
-        "glidekit.dtype": "float16" if fp16 else "original",
+        SOURCE_KEY: source.name,
+        DTYPE_KEY: "float16" if fp16 else "original",
     }
-    if name is not None:
-        metadata["glidekit.checkpoint"] = name
+    if info is not None:
+        metadata[CHECKPOINT_KEY] = info.name
+    # Each tensor is written from its own bytes (tied weights are stored twice, as safetensors
+    # needs), the float16 cast one tensor at a time; the same input gives the same bytes.
     with atomic_path(dest) as tmp:
-        save_file(out, str(tmp), metadata=metadata)
+        write_tensors(tmp, tensors, metadata, dtype=torch.float16 if fp16 else None)
     if is_inside(dest, cache) or verify is True:
         Manifest(cache).record(dest, sha256=sha256_file(dest), source=str(source))
     logger.info("wrote %s (from %s)", dest, source)

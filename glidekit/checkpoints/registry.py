@@ -6,12 +6,11 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 from glidekit.checkpoints.errors import UnknownCheckpointError
-
-if TYPE_CHECKING:
-    from glidekit.nn.config import UNetConfig
+from glidekit.clip.config import CLIPConfig
+from glidekit.nn.config import RELEASED_CONFIGS, UNetConfig
 
 #: Where OpenAI publishes the weights (the ``dec-2021`` release).
 OFFICIAL_BASE_URL = "https://openaipublic.blob.core.windows.net/diffusion/dec-2021/"
@@ -44,7 +43,8 @@ class CheckpointInfo:
 
     @property
     def stem(self) -> str:
-        """File name without ``.pt`` (``base_inpaint``); converted files are ``<stem>.safetensors``."""
+        """File name without ``.pt`` (``base_inpaint``); converted files are
+        ``<stem>.safetensors``."""
         return self.filename.rsplit(".", 1)[0]
 
     @property
@@ -57,17 +57,10 @@ class CheckpointInfo:
         base = base_url or os.environ.get(BASE_URL_ENV) or OFFICIAL_BASE_URL
         return base.rstrip("/") + "/" + self.filename
 
-    def config(self) -> UNetConfig | Any:
-        """The model config this checkpoint belongs to (``UNetConfig`` or ``CLIPConfig``).
-
-        Imported lazily so the registry works without the model code.
-        """
+    def config(self) -> UNetConfig | CLIPConfig:
+        """The model config this checkpoint belongs to (``UNetConfig`` or ``CLIPConfig``)."""
         if self.family == "clip":
-            from glidekit.clip.config import CLIPConfig
-
             return CLIPConfig()
-        from glidekit.nn.config import RELEASED_CONFIGS
-
         return RELEASED_CONFIGS[self.name]
 
 
@@ -131,7 +124,8 @@ _ALIASES: Mapping[str, str] = MappingProxyType(
 
 
 def lookup(name: str) -> CheckpointInfo | None:
-    """The released checkpoint called ``name`` (or an alias such as ``base_inpaint.pt``), or None."""
+    """The released checkpoint called ``name`` (or an alias such as ``base_inpaint.pt``), or
+    None."""
     key = name.strip().lower()
     if key in CHECKPOINTS:
         return CHECKPOINTS[key]

@@ -6,6 +6,10 @@ import argparse
 import json
 from typing import Any
 
+import torch
+
+from glidekit.bench import as_dict, find_calibrate, forward_cost
+
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -32,10 +36,6 @@ def register(subparsers: Any) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    import torch
-
-    from glidekit.bench import as_dict, find_calibrate, forward_cost
-
     if args.rounds < 1:
         raise ValueError("--rounds must be at least 1")
     calibrate = find_calibrate() if args.device == "cpu" else None

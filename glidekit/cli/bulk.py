@@ -31,6 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
+from glidekit.cli.outputs import check_outdir
+from glidekit.errors import OptionError, UsageError
+from glidekit.fileio import fsync_dir
+from glidekit.pipelines import GlidePipeline, read_png_params
+from glidekit.pipelines.results import output_stem, png_bytes, write_atomic
+
 MANIFEST_GLOB = "manifest*.jsonl"
 JOB_FILE = "job.json"
 #: What a JSON line may set besides ``prompt``, and the pipeline argument each one maps to.
@@ -46,8 +54,6 @@ class Item:
 
 
 def _error(message: str) -> Exception:
-    from glidekit.cli.main import UsageError
-
     return UsageError(message)
 
 
@@ -161,8 +167,6 @@ class ManifestShard:
         if size and os.pread(self.fd, 1, size - 1) != b"\n":
             os.write(self.fd, b"\n")  # end a torn line so it cannot join the next record
         if created:
-            from glidekit.fileio import fsync_dir
-
             fsync_dir(path.parent)
 
     def append(self, record: dict[str, Any]) -> None:
@@ -178,8 +182,6 @@ class ManifestShard:
 
 def check_job_file(outdir: Path, job: dict[str, Any]) -> None:
     """Record the job's settings in ``outdir``, or refuse if it holds a different job."""
-    from glidekit.pipelines.images import write_atomic
-
     path = outdir / JOB_FILE
     data = json.dumps(job, sort_keys=True, indent=1) + "\n"
     if path.exists():
@@ -203,8 +205,6 @@ def glob_escape(name: str) -> str:
 
 
 def _file_names(item: Item, seed: int, count: int, prefix: str | None) -> list[str]:
-    from glidekit.pipelines.images import output_stem
-
     stem = item.overrides.get("name")
     if stem is None:
         stem = (
@@ -219,10 +219,37 @@ def _file_names(item: Item, seed: int, count: int, prefix: str | None) -> list[s
 
 def run_bulk(args: argparse.Namespace, pipe: Any, kw: dict[str, Any], items: list[Item],
              file_sha256: str, call: Any, job_settings: dict[str, Any]) -> int:  # fmt: skip
-    """Run (or resume) the job; prints what this process wrote."""
-    from glidekit.pipelines.images import png_bytes, write_atomic
-
+    """Run (or resume) the job; prints what this process wrote. Each rank holds a lock on
+    the folder while it runs (a second identical job fails at once), and never replaces a file
+    it did not write (a PNG of the same name from another job or the user is refused)."""
     rank, world = distributed_rank()
+    lock = FileLock(str(Path(args.outdir) / f".bulk.rank{rank}.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise _error(f"--outdir: another bulk job is running in {args.outdir!r} (rank {rank}); "
+                     "wait for it to finish") from None  # fmt: skip
+    try:
+        return _run_locked(args, pipe, kw, items, file_sha256, call, job_settings, rank, world)
+    finally:
+        lock.release()
+        Path(lock.lock_file).unlink(missing_ok=True)
+
+
+def _ours(path: Path, item: Item, seed: int) -> bool:
+    """Whether ``path`` is free, or a PNG this job wrote for ``item`` (a killed run's)."""
+    if not path.exists():
+        return True
+    try:
+        params = read_png_params(path, "--outdir")
+    except (ValueError, OSError):
+        return False
+    return params.get("item") == item.index and params.get("seed") == seed
+
+
+def _run_locked(args: argparse.Namespace, pipe: Any, kw: dict[str, Any], items: list[Item],
+                file_sha256: str, call: Any, job_settings: dict[str, Any], rank: int,
+                world: int) -> int:  # fmt: skip
     outdir = Path(args.outdir)
     kw = dict(kw)
     base_seed = kw.pop("seed", None)
@@ -245,6 +272,10 @@ def run_bulk(args: argparse.Namespace, pipe: Any, kw: dict[str, Any], items: lis
             for name in names:  # temporaries left by a run killed while writing this item
                 for stale in outdir.glob(f".{glob_escape(name)}.*.tmp"):
                     stale.unlink(missing_ok=True)
+            taken = [n for n in names if not _ours(outdir / n, item, seed)]
+            if taken:
+                raise _error(f"--outdir: {str(outdir / taken[0])!r} exists and was not written "
+                             "by this job; move it away or use another --outdir")  # fmt: skip
             for k, (image, name) in enumerate(zip(result.images, names, strict=True)):
                 params = result.image_params(k)
                 params["item"] = item.index
@@ -275,3 +306,30 @@ def run_bulk(args: argparse.Namespace, pipe: Any, kw: dict[str, Any], items: lis
                     "manifest": str(shard.path)},
         }))  # fmt: skip
     return 0
+
+
+def run(args: argparse.Namespace, pipe: GlidePipeline, given: dict[str, Any]) -> int:
+    """``generate --prompts-file``: read the items, check every item's options against the
+    pipeline (before any model loads or file is written), then run or resume the job."""
+    items, file_sha = read_items(args.prompts_file)
+    for item in items:
+        try:
+            pipe.check_inputs(item.prompt, **item_kwargs(item, given, 0))
+        except OptionError as exc:
+            raise _error(f"--prompts-file: line {item.line}: {exc}") from None
+    check_outdir(args.outdir)
+    settings = {
+        "pipeline": pipe.pipeline_name,
+        "base": pipe.base_slot.label if pipe.base_slot else None,
+        "upsampler": pipe.upsampler_slot.label if pipe.upsampler_slot else None,
+        "clip": pipe.clip_label if given.get("guidance") == "clip" else None,
+        "options": {k: v for k, v in sorted(given.items()) if k != "seed"},
+    }
+    try:
+        return run_bulk(args, pipe, given, items, file_sha, _call, settings)
+    except OSError as exc:
+        raise _error(f"--outdir: cannot write the job's files ({exc})") from None
+
+
+def _call(pipe: Any, prompt: str, **kwargs: Any) -> Any:
+    return pipe(prompt, **kwargs)

@@ -14,6 +14,7 @@ from glidekit.checkpoints import (
     fetch,
 )
 from glidekit.checkpoints.registry import lookup
+from glidekit.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +64,6 @@ def register(subparsers: Any) -> None:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from glidekit.cli.main import UsageError
-
     requested = args.names or list(CHECKPOINTS)
     unknown = [n for n in requested if lookup(n) is None]
     if unknown:
@@ -91,8 +90,6 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from glidekit.cli.main import UsageError
-
     if args.checkpoint is not None and lookup(args.checkpoint) is None:
         raise UsageError(
             f"unknown checkpoint {args.checkpoint!r}; expected one of {', '.join(CHECKPOINTS)}"

@@ -7,6 +7,18 @@ import json
 import platform
 from typing import Any
 
+import numpy
+import PIL
+import torch
+
+import glidekit
+from glidekit.checkpoints import CHECKPOINTS
+from glidekit.checkpoints import cache_dir as resolve_cache
+from glidekit.checkpoints.download import preferred_files
+from glidekit.models import VOCABULARY_NOTE
+from glidekit.pipelines import available_samplers, resolve_device
+from glidekit.pipelines.sources import default_source
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -21,16 +33,6 @@ def register(subparsers: Any) -> None:
 
 
 def collect(cache_dir: str | None = None) -> dict[str, Any]:
-    import numpy
-    import PIL
-    import torch
-
-    import glidekit
-    from glidekit.checkpoints import CHECKPOINTS
-    from glidekit.checkpoints import cache_dir as resolve_cache
-    from glidekit.checkpoints.download import preferred_files
-    from glidekit.pipelines.common import available_samplers, default_source, resolve_device
-
     cache = resolve_cache(cache_dir)
     models = {}
     for name, info in CHECKPOINTS.items():
@@ -52,6 +54,7 @@ def collect(cache_dir: str | None = None) -> dict[str, Any]:
         "cuda": torch.cuda.is_available(),
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "samplers": available_samplers(),
+        "embedded_models": VOCABULARY_NOTE,
         "versions": {
             "glidekit": glidekit.__version__,
             "python": platform.python_version(),
@@ -76,5 +79,6 @@ def _info(args: argparse.Namespace) -> int:
     gpus = ", ".join(data["cuda_devices"])
     print(f"device: {data['device']}" + (f" ({gpus})" if gpus else ""))
     print(f"samplers: {', '.join(data['samplers'])}")
+    print(f"embedded models: {data['embedded_models']}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()))
     return 0

@@ -15,6 +15,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from glidekit.errors import UsageError
+from glidekit.web.app import launch, prepare_environment
+from glidekit.web.jobs import InputError, Jobs, Limits, WebConfig
+
 logger = logging.getLogger(__name__)
 
 
@@ -76,9 +80,6 @@ def register(subparsers: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from glidekit.cli.main import UsageError
-    from glidekit.web.jobs import Limits, WebConfig
-
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be in 1..65535, got {args.port}")
     workdir = Path(tempfile.mkdtemp(prefix="glidekit-web-"))
@@ -105,14 +106,9 @@ def _serve(args: argparse.Namespace) -> int:
             queue_size=args.queue_size,
             title=args.title,
         )
-        from glidekit.web.app import prepare_environment
-
         prepare_environment(config)  # before gradio is imported
-        try:
+        try:  # gradio is an optional dependency, imported after prepare_environment
             import gradio  # noqa: F401
-
-            from glidekit.web.app import launch
-            from glidekit.web.jobs import InputError, Jobs
         except ModuleNotFoundError as exc:
             raise UsageError(
                 f"the web app needs {exc.name!r}: pip install 'glidekit[web]'"

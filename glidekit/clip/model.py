@@ -1,5 +1,5 @@
-"""GLIDE's noise-aware CLIP: a ViT image encoder that also sees the diffusion timestep, a causal
-text transformer, and the CLIP-guidance gradient used by CLIP-guided sampling.
+"""GLIDE's noise-aware CLIP: a ViT image encoder that also sees the diffusion timestep, and a
+causal text transformer (CLIP guidance itself is :func:`glidekit.guidance.clip_cond_fn`).
 
 Module and parameter names reproduce the released ``clip_image_enc.pt`` / ``clip_text_enc.pt``
 state dicts exactly (``blocks.input``, ``blocks.block_{i}``, ``blocks.output``; affine layers
@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glidekit.clip.config import CLIPConfig
 from glidekit.nn.layers import sincos_position_embedding
-
-from .config import CLIPConfig
-from .tokenizer import ClipTokenizer
+from glidekit.tokenizer.clip import ClipTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -37,21 +35,20 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 LN_EPS = 1e-5
 
-CondFn = Callable[..., torch.Tensor]
 DeviceLike = torch.device | str | None
 
 
-def _factory(device: DeviceLike, dtype: torch.dtype | None) -> dict[str, Any]:
-    return {"device": device, "dtype": dtype}
+# The building blocks take PyTorch's factory keywords (``device=``, ``dtype=``) as ``**factory``
+# and hand them to every parameter they make.
 
 
 class LayerNorm(nn.Module):
     """LayerNorm over the last axis with gain ``g`` and bias ``b`` (eps 1e-5)."""
 
-    def __init__(self, n_state: int, device: DeviceLike = None, dtype: torch.dtype | None = None):
+    def __init__(self, n_state: int, **factory: Any):
         super().__init__()
-        self.g = nn.Parameter(torch.ones(n_state, **_factory(device, dtype)))
-        self.b = nn.Parameter(torch.zeros(n_state, **_factory(device, dtype)))
+        self.g = nn.Parameter(torch.ones(n_state, **factory))
+        self.b = nn.Parameter(torch.zeros(n_state, **factory))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, (x.shape[-1],), self.g, self.b, LN_EPS)
@@ -60,17 +57,10 @@ class LayerNorm(nn.Module):
 class Affine(nn.Module):
     """Linear map with weight ``w`` of shape (n_out, n_in) and optional bias ``b``."""
 
-    def __init__(
-        self,
-        n_in: int,
-        n_out: int,
-        bias: bool = True,
-        device: DeviceLike = None,
-        dtype: torch.dtype | None = None,
-    ):
+    def __init__(self, n_in: int, n_out: int, bias: bool = True, **factory: Any):
         super().__init__()
-        self.w = nn.Parameter(torch.empty(n_out, n_in, **_factory(device, dtype)))
-        self.b = nn.Parameter(torch.zeros(n_out, **_factory(device, dtype))) if bias else None
+        self.w = nn.Parameter(torch.empty(n_out, n_in, **factory))
+        self.b = nn.Parameter(torch.zeros(n_out, **factory)) if bias else None
         nn.init.normal_(self.w, std=n_in**-0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,24 +70,17 @@ class Affine(nn.Module):
 class Attention(nn.Module):
     """Pre-LN multi-head self-attention: ``f_c(attn(ln(x)))`` (the residual is added outside)."""
 
-    def __init__(
-        self,
-        n_head: int,
-        n_head_state: int,
-        causal: bool,
-        device: DeviceLike = None,
-        dtype: torch.dtype | None = None,
-    ):
+    def __init__(self, n_head: int, n_head_state: int, causal: bool, **factory: Any):
         super().__init__()
         n_state = n_head * n_head_state
         self.n_head = n_head
         self.n_head_state = n_head_state
         self.causal = causal
-        self.ln = LayerNorm(n_state, device, dtype)
-        self.f_q = Affine(n_state, n_state, True, device, dtype)
-        self.f_k = Affine(n_state, n_state, False, device, dtype)
-        self.f_v = Affine(n_state, n_state, True, device, dtype)
-        self.f_c = Affine(n_state, n_state, True, device, dtype)
+        self.ln = LayerNorm(n_state, **factory)
+        self.f_q = Affine(n_state, n_state, True, **factory)
+        self.f_k = Affine(n_state, n_state, False, **factory)
+        self.f_v = Affine(n_state, n_state, True, **factory)
+        self.f_c = Affine(n_state, n_state, True, **factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
@@ -118,11 +101,11 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """Pre-LN MLP: ``f_2(gelu(f_1(ln(x))))``, hidden width 4x, exact erf GELU."""
 
-    def __init__(self, n_state: int, device: DeviceLike = None, dtype: torch.dtype | None = None):
+    def __init__(self, n_state: int, **factory: Any):
         super().__init__()
-        self.ln = LayerNorm(n_state, device, dtype)
-        self.f_1 = Affine(n_state, 4 * n_state, True, device, dtype)
-        self.f_2 = Affine(4 * n_state, n_state, True, device, dtype)
+        self.ln = LayerNorm(n_state, **factory)
+        self.f_1 = Affine(n_state, 4 * n_state, True, **factory)
+        self.f_2 = Affine(4 * n_state, n_state, True, **factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.f_2(F.gelu(self.f_1(self.ln(x))))
@@ -131,17 +114,10 @@ class MLP(nn.Module):
 class TransformerBlock(nn.Module):
     """``x + f_attn(x)`` then ``x + f_mlp(x)``."""
 
-    def __init__(
-        self,
-        n_head: int,
-        n_head_state: int,
-        causal: bool,
-        device: DeviceLike = None,
-        dtype: torch.dtype | None = None,
-    ):
+    def __init__(self, n_head: int, n_head_state: int, causal: bool, **factory: Any):
         super().__init__()
-        self.f_attn = Attention(n_head, n_head_state, causal, device, dtype)
-        self.f_mlp = MLP(n_head * n_head_state, device, dtype)
+        self.f_attn = Attention(n_head, n_head_state, causal, **factory)
+        self.f_mlp = MLP(n_head * n_head_state, **factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.f_attn(x)
@@ -151,17 +127,14 @@ class TransformerBlock(nn.Module):
 class ImageInput(nn.Module):
     """Patch embedding (bias-free strided conv), prepended timestep token, positions, LayerNorm."""
 
-    def __init__(
-        self, config: CLIPConfig, device: DeviceLike = None, dtype: torch.dtype | None = None
-    ):
+    def __init__(self, config: CLIPConfig, **factory: Any):
         super().__init__()
         n_state, p = config.n_state_image, config.patch_size
-        fk = _factory(device, dtype)
         self.patch_size = p
-        self.w_t = nn.Parameter(torch.empty(config.n_timesteps, n_state, **fk))
-        self.patch_proj = nn.Parameter(torch.empty(n_state, 3, p, p, **fk))
-        self.w_pos = nn.Parameter(torch.empty(config.n_patches + 1, n_state, **fk))
-        self.ln = LayerNorm(n_state, device, dtype)
+        self.w_t = nn.Parameter(torch.empty(config.n_timesteps, n_state, **factory))
+        self.patch_proj = nn.Parameter(torch.empty(n_state, 3, p, p, **factory))
+        self.w_pos = nn.Parameter(torch.empty(config.n_patches + 1, n_state, **factory))
+        self.ln = LayerNorm(n_state, **factory)
         nn.init.normal_(self.w_t, std=0.02)
         nn.init.normal_(self.patch_proj, std=(3 * p * p) ** -0.5)
         # Patch positions start as a 2D sine-cosine table, comparable in size to the patch
@@ -186,13 +159,10 @@ class ImageInput(nn.Module):
 class TextInput(nn.Module):
     """Token embedding plus learned positions (no input LayerNorm)."""
 
-    def __init__(
-        self, config: CLIPConfig, device: DeviceLike = None, dtype: torch.dtype | None = None
-    ):
+    def __init__(self, config: CLIPConfig, **factory: Any):
         super().__init__()
-        fk = _factory(device, dtype)
-        self.w_voc = nn.Parameter(torch.empty(config.n_vocab, config.n_state_text, **fk))
-        self.w_pos = nn.Parameter(torch.empty(config.max_text_len, config.n_state_text, **fk))
+        self.w_voc = nn.Parameter(torch.empty(config.n_vocab, config.n_state_text, **factory))
+        self.w_pos = nn.Parameter(torch.empty(config.max_text_len, config.n_state_text, **factory))
         nn.init.normal_(self.w_voc, std=0.02)
         nn.init.normal_(self.w_pos, std=0.01)
 
@@ -203,32 +173,13 @@ class TextInput(nn.Module):
 class Output(nn.Module):
     """LayerNorm then a bias-free projection to the joint embedding space."""
 
-    def __init__(
-        self, n_state: int, n_embd: int, device: DeviceLike = None, dtype: torch.dtype | None = None
-    ):
+    def __init__(self, n_state: int, n_embd: int, **factory: Any):
         super().__init__()
-        self.ln = LayerNorm(n_state, device, dtype)
-        self.f = Affine(n_state, n_embd, False, device, dtype)
+        self.ln = LayerNorm(n_state, **factory)
+        self.f = Affine(n_state, n_embd, False, **factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.f(self.ln(x))
-
-
-def _build_blocks(
-    inp: nn.Module,
-    n_blocks: int,
-    n_head: int,
-    n_head_state: int,
-    causal: bool,
-    out: nn.Module,
-    device: DeviceLike,
-    dtype: torch.dtype | None,
-) -> nn.ModuleDict:
-    blocks: dict[str, nn.Module] = {"input": inp}
-    for i in range(n_blocks):
-        blocks[f"block_{i}"] = TransformerBlock(n_head, n_head_state, causal, device, dtype)
-    blocks["output"] = out
-    return nn.ModuleDict(blocks)
 
 
 def _is_int_tensor(t: torch.Tensor) -> bool:
@@ -246,7 +197,41 @@ def _check_range(name: str, t: torch.Tensor, low: int, high: int, what: str) -> 
         )
 
 
-class ImageEncoder(nn.Module):
+class _Tower(nn.Module):
+    """What both encoders are: an input layer, transformer blocks and the output projection,
+    under the released names ``blocks.input``, ``blocks.block_{i}``, ``blocks.output``.
+
+    ``sizes``: (blocks, heads, head width); ``causal``: whether attention looks only back.
+    """
+
+    def __init__(
+        self,
+        config: CLIPConfig,
+        inp: nn.Module,
+        sizes: tuple[int, int, int],
+        causal: bool,
+        **factory: Any,
+    ):
+        super().__init__()
+        self.config = config
+        n_blocks, n_head, n_head_state = sizes
+        # The output layer is built before the blocks: the order their weights are drawn in.
+        out = Output(n_head * n_head_state, config.n_embd, **factory)
+        blocks: dict[str, nn.Module] = {"input": inp}
+        for i in range(n_blocks):
+            blocks[f"block_{i}"] = TransformerBlock(n_head, n_head_state, causal, **factory)
+        blocks["output"] = out
+        self.blocks = nn.ModuleDict(blocks)
+        self.n_blocks = n_blocks
+
+    def transform(self, h: torch.Tensor) -> torch.Tensor:
+        """The transformer blocks over the input layer's output h (B, n, width)."""
+        for i in range(self.n_blocks):
+            h = self.blocks[f"block_{i}"](h)
+        return h
+
+
+class ImageEncoder(_Tower):
     """Noise-aware CLIP image encoder (ViT, ``clip_image_enc.pt``).
 
     ``forward(x, t)``: ``x`` (B, 3, image_size, image_size) noised images in [-1, 1] (the
@@ -254,24 +239,10 @@ class ImageEncoder(nn.Module):
     [0, n_timesteps). Returns the unnormalised image features (B, n_embd).
     """
 
-    def __init__(
-        self,
-        config: CLIPConfig | None = None,
-        device: DeviceLike = None,
-        dtype: torch.dtype | None = None,
-    ):
-        super().__init__()
-        self.config = config = config if config is not None else CLIPConfig()
-        self.blocks = _build_blocks(
-            ImageInput(config, device, dtype),
-            config.n_xf_blocks_image,
-            config.n_head_image,
-            config.n_head_state_image,
-            False,
-            Output(config.n_state_image, config.n_embd, device, dtype),
-            device,
-            dtype,
-        )
+    def __init__(self, config: CLIPConfig | None = None, **factory: Any):
+        config = config if config is not None else CLIPConfig()
+        sizes = (config.n_xf_blocks_image, config.n_head_image, config.n_head_state_image)
+        super().__init__(config, ImageInput(config, **factory), sizes, False, **factory)
 
     def check_inputs(
         self, x: torch.Tensor, t: torch.Tensor, x_name: str = "x", t_name: str = "t"
@@ -311,12 +282,10 @@ class ImageEncoder(nn.Module):
         """forward without input checks (callers have checked)."""
         param = self.blocks["input"].w_t
         h = self.blocks["input"](x.to(param.device, param.dtype), t.to(param.device))
-        for i in range(self.config.n_xf_blocks_image):
-            h = self.blocks[f"block_{i}"](h)
-        return self.blocks["output"](h[:, 0])
+        return self.blocks["output"](self.transform(h)[:, 0])
 
 
-class TextEncoder(nn.Module):
+class TextEncoder(_Tower):
     """CLIP text encoder (causal transformer, ``clip_text_enc.pt``).
 
     ``forward(tokens, lens)``: ``tokens`` (B, L) int64 ids with L <= max_text_len (77) as made
@@ -325,24 +294,10 @@ class TextEncoder(nn.Module):
     Returns the unnormalised text features (B, n_embd).
     """
 
-    def __init__(
-        self,
-        config: CLIPConfig | None = None,
-        device: DeviceLike = None,
-        dtype: torch.dtype | None = None,
-    ):
-        super().__init__()
-        self.config = config = config if config is not None else CLIPConfig()
-        self.blocks = _build_blocks(
-            TextInput(config, device, dtype),
-            config.n_xf_blocks_text,
-            config.n_head_text,
-            config.n_head_state_text,
-            True,
-            Output(config.n_state_text, config.n_embd, device, dtype),
-            device,
-            dtype,
-        )
+    def __init__(self, config: CLIPConfig | None = None, **factory: Any):
+        config = config if config is not None else CLIPConfig()
+        sizes = (config.n_xf_blocks_text, config.n_head_text, config.n_head_state_text)
+        super().__init__(config, TextInput(config, **factory), sizes, True, **factory)
 
     def check_inputs(self, tokens: torch.Tensor, lens: torch.Tensor) -> None:
         """Raise TypeError/ValueError naming the argument if ``tokens``/``lens`` do not fit."""
@@ -366,9 +321,7 @@ class TextEncoder(nn.Module):
         self.check_inputs(tokens, lens)
         device = self.blocks["input"].w_voc.device
         tokens, lens = tokens.to(device), lens.to(device)
-        h = self.blocks["input"](tokens)
-        for i in range(self.config.n_xf_blocks_text):
-            h = self.blocks[f"block_{i}"](h)
+        h = self.transform(self.blocks["input"](tokens))
         h = h[torch.arange(h.shape[0], device=device), lens - 1]
         return self.blocks["output"](h)
 
@@ -377,24 +330,11 @@ def _l2_normalize(z: torch.Tensor) -> torch.Tensor:
     return z / (torch.linalg.vector_norm(z, dim=-1, keepdim=True) + 1e-12)
 
 
-def _check_grad_scale(grad_scale: Any) -> float:
-    if isinstance(grad_scale, torch.Tensor) and grad_scale.numel() == 1:
-        grad_scale = grad_scale.item()
-    if isinstance(grad_scale, bool) or not isinstance(grad_scale, numbers.Real):
-        raise TypeError(f"grad_scale must be a real number, got {type(grad_scale).__name__}")
-    value = float(grad_scale)
-    if not math.isfinite(value):
-        raise ValueError(f"grad_scale must be finite, got {value}; pass e.g. grad_scale=1.0")
-    return value
-
-
-def _usable(t: torch.Tensor) -> torch.Tensor:
-    """A tensor autograd may save: inference-mode tensors are cloned into ordinary ones."""
-    return t.clone() if t.is_inference() else t
-
-
 class NoisedCLIP(nn.Module):
-    """Noise-aware CLIP: image and text encoders, ``logit_scale`` and the guidance function.
+    """Noise-aware CLIP: image and text encoders and ``logit_scale``.
+
+    CLIP guidance (the gradient of the image-text similarity) is
+    :func:`glidekit.guidance.clip_cond_fn`.
 
     Attributes: ``image_encoder`` (:class:`ImageEncoder`), ``text_encoder``
     (:class:`TextEncoder`), ``logit_scale`` (float32 scalar buffer, ``log(config.logit_scale)``,
@@ -426,8 +366,8 @@ class NoisedCLIP(nn.Module):
                 f"a path to bpe_simple_vocab_16e6.txt.gz or None, got {type(tokenizer).__name__}"
             )
         self.config = config
-        self.image_encoder = ImageEncoder(config, device, dtype)
-        self.text_encoder = TextEncoder(config, device, dtype)
+        self.image_encoder = ImageEncoder(config, device=device, dtype=dtype)
+        self.text_encoder = TextEncoder(config, device=device, dtype=dtype)
         self.register_buffer(
             "logit_scale",
             torch.tensor(math.log(config.logit_scale), dtype=torch.float32, device=device),
@@ -489,61 +429,16 @@ class NoisedCLIP(nn.Module):
             tokens, lens = self.tokenize(prompts)
         return _l2_normalize(self.text_encoder(tokens, lens))
 
-    def image_embeddings(self, images: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def image_embeddings(
+        self, images: torch.Tensor, t: torch.Tensor, names: tuple[str, str] = ("images", "t")
+    ) -> torch.Tensor:
         """L2-normalised image embeddings (B, n_embd) (divided by norm + 1e-12).
 
         ``images``: (B, 3, image_size, image_size) noised images in [-1, 1]; ``t``: (B,) int64
-        original (unspaced) diffusion timesteps.
+        original (unspaced) diffusion timesteps. ``names``: how errors name the two arguments.
         """
-        self.image_encoder.check_inputs(images, t, "images", "t")
+        self.image_encoder.check_inputs(images, t, *names)
         return _l2_normalize(self.image_encoder._encode(images, t))
-
-    def cond_fn(self, prompts: Sequence[str] | torch.Tensor, grad_scale: float) -> CondFn:
-        """Build a CLIP-guidance function for a sampler.
-
-        Returns ``cond_fn(x, t, **model_kwargs) -> grad`` with ``x`` (N, 3, S, S) in [-1, 1]
-        (x_t), ``t`` (N,) int64 ORIGINAL (unspaced) timesteps, and ``grad`` of x's shape and
-        dtype: ``grad_scale * d/dx [exp(logit_scale) * sum(z_text * z_image(x, t))]``. Model
-        kwargs are accepted and ignored. Samplers add it as ``mean + variance * grad``
-        (ancestral) or use it as a score (DDIM: ``eps - sqrt(1 - abar) * grad``).
-
-        The B text embeddings are computed once, here. ``N`` must be a multiple of B: the text
-        embeddings are tiled, so row ``i`` of ``x`` is guided towards prompt ``i % B``. This fits
-        glidekit's classifier-free-guidance batch ``[conditional rows; unconditional rows]``
-        (N = 2B, both halves in prompt order); the plain case is N = B.
-
-        ``prompts``: B strings (or a token tensor, see :meth:`text_embeddings`); ``grad_scale``:
-        finite real number.
-        """
-        scale = _check_grad_scale(grad_scale)
-        with torch.no_grad():
-            z_text = self.text_embeddings(prompts).detach()
-        n_text = z_text.shape[0]
-        model = self
-
-        def cond_fn(x: torch.Tensor, t: torch.Tensor, **model_kwargs: Any) -> torch.Tensor:
-            if not isinstance(x, torch.Tensor):
-                raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-            if x.ndim == 4 and x.shape[0] % n_text:
-                raise ValueError(
-                    f"x: {x.shape[0]} rows is not a multiple of the {n_text} prompt(s) given "
-                    "to cond_fn; pass B or k*B rows (e.g. [conditional; unconditional] under "
-                    "classifier-free guidance)"
-                )
-            image_encoder = model.image_encoder
-            image_encoder.check_inputs(x, t, "x", "t")
-            with torch.inference_mode(False), torch.enable_grad():
-                x_in = _usable(x.detach()).requires_grad_(True)
-                z_i = _l2_normalize(image_encoder._encode(x_in, _usable(t)))
-                z_t = _usable(z_text).to(z_i.device, z_i.dtype)
-                if x.shape[0] != n_text:
-                    z_t = z_t.repeat(x.shape[0] // n_text, 1)
-                logit_scale = _usable(model.logit_scale).to(z_i.device)
-                loss = torch.exp(logit_scale) * (z_t * z_i).sum()
-                (grad,) = torch.autograd.grad(loss, x_in)
-            return grad * scale
-
-        return cond_fn
 
 
 def create_clip_model(
@@ -571,7 +466,6 @@ __all__ = [
     "Attention",
     "CLIP_MEAN",
     "CLIP_STD",
-    "CondFn",
     "ImageEncoder",
     "LayerNorm",
     "MLP",

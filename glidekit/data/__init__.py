@@ -1,4 +1,9 @@
-"""Training data: image folders, tar shards, transforms, inpainting masks and the shapes world."""
+"""Training data: image folders, tar shards, transforms, inpainting masks and the shapes world.
+
+Layer: below ``glidekit.pipelines`` and ``glidekit.train``, beside ``glidekit.clip`` and
+``glidekit.diffusion``; imports only ``glidekit.tokenizer`` and the utilities. ``glidekit.nn``,
+``glidekit.tokenizer`` and ``glidekit.checkpoints`` never import it.
+"""
 
 from .folder import ImageFolderDataset
 from .masks import (

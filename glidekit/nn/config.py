@@ -154,27 +154,6 @@ CONFIG_CLASSES: dict[str, type[UNetConfig]] = {
 }
 
 
-@dataclass(frozen=True)
-class DiffusionConfig:
-    """The Gaussian diffusion a model was trained with and how it is sampled.
-
-    ``timestep_respacing``: "" (all steps), "100", "fast27", "ddim50", "10,10,3,2,2", ...
-    ``prediction``: "eps" (every released model) or "v" (see
-    :class:`glidekit.diffusion.GaussianDiffusion`).
-    """
-
-    steps: int = 1000
-    noise_schedule: str = "squaredcos_cap_v2"
-    timestep_respacing: str = ""
-    learn_sigma: bool = True
-    prediction: str = "eps"
-
-    @classmethod
-    def for_model(cls, config: UNetConfig, timestep_respacing: str = "") -> DiffusionConfig:
-        schedule = "linear" if config.super_res else "squaredcos_cap_v2"
-        return cls(noise_schedule=schedule, timestep_respacing=timestep_respacing)
-
-
 # The released checkpoints' configs, by their glidekit names.
 RELEASED_CONFIGS: dict[str, UNetConfig] = {
     "base": Text2ImConfig(),
@@ -205,7 +184,6 @@ def config_from_dict(d: dict[str, Any]) -> UNetConfig:
 
 __all__ = [
     "CONFIG_CLASSES",
-    "DiffusionConfig",
     "InpaintConfig",
     "RELEASED_CONFIGS",
     "SuperResConfig",

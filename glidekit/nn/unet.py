@@ -191,9 +191,11 @@ class TimestepSequential(nn.Sequential):
 class GlideUNet(nn.Module):
     """Text-conditional UNet of the GLIDE family (base, upsampler, and their inpainting variants).
 
-    Call ``model(x, timesteps, tokens=..., mask=...)`` (plus ``low_res=`` for super-resolution and
-    ``inpaint_image=``, ``inpaint_mask=`` for inpainting), or pass a precomputed ``text=`` from
-    :meth:`encode_text` to skip the text transformer.
+    Call ``model(x, timesteps, text=model.encode_text(tokens, mask))`` (plus ``low_res=`` for
+    super-resolution and ``inpaint_image=``, ``inpaint_mask=`` for inpainting): samplers encode
+    the prompt once per run and pass ``text=`` at every step. ``tokens=..., mask=...`` instead
+    encode the prompt on that call (training). The model holds no state between calls: its
+    output is a function of its inputs and weights.
     Output: (B, 6, H, W): channels 0-2 predicted noise eps, 3-5 the learned-range variance
     interpolation v (roughly in [-1, 1]).
     """
@@ -202,7 +204,6 @@ class GlideUNet(nn.Module):
         super().__init__()
         self.config = config
         self.dtype = torch.float32  # compute dtype of the convs/linears (see convert_to_fp16)
-        self._text_cache: tuple[torch.Tensor, torch.Tensor, int, TextCondition] | None = None
         c = config.num_channels
         emb_ch = 4 * c
 
@@ -282,26 +283,12 @@ class GlideUNet(nn.Module):
         )
 
     # ------------------------------------------------------------------ text
-    def _text_parameters(self) -> list[torch.Tensor]:
-        mods = [self.token_embedding, self.transformer, self.transformer_proj]
-        if self.final_ln is not None:
-            mods.append(self.final_ln)
-        params = [p for m in mods for p in m.parameters()] + [self.positional_embedding]
-        if self.config.xf_padding:
-            params.append(self.padding_embedding)
-        return params
-
-    def _text_params_version(self) -> int:
-        # Bumped by any in-place update (optimizer step, load_state_dict, ...).
-        return sum(p._version for p in self._text_parameters())
-
     def encode_text(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> TextCondition:
         """Run the text transformer.
 
         tokens: (B, text_ctx) int64 token ids; mask: (B, text_ctx) bool, True for real tokens.
-        Under ``torch.no_grad`` the result is cached on the model and reused while the same tokens
-        come back (so a sampling loop that passes tokens every step encodes them once);
-        :meth:`del_cache` drops it.
+        A sampler encodes the prompt once and passes the result to every step as ``text=``;
+        nothing is kept on the model.
         """
         cfg = self.config
         if tokens.ndim != 2 or tokens.shape[1] != cfg.text_ctx:
@@ -313,21 +300,6 @@ class GlideUNet(nn.Module):
             raise ValueError(
                 f"mask must have the shape of tokens {tuple(tokens.shape)}, got {tuple(mask.shape)}"
             )
-        caching = not torch.is_grad_enabled()
-        if caching and self._text_cache is not None:
-            c_tok, c_mask, version, cond = self._text_cache
-            if (
-                c_tok.shape == tokens.shape
-                and c_tok.device == tokens.device
-                and version == self._text_params_version()
-                and torch.equal(c_tok, tokens)
-                and (
-                    (mask is None and c_mask is None)
-                    or (mask is not None and c_mask is not None and torch.equal(c_mask, mask))
-                )
-            ):
-                return cond
-
         x = self.token_embedding(tokens.long()).float() + self.positional_embedding.float()[None]
         if cfg.xf_padding:
             if mask is None:
@@ -337,19 +309,7 @@ class GlideUNet(nn.Module):
         if self.final_ln is not None:
             x = self.final_ln(x)
         xf_proj = self.transformer_proj(x[:, -1].to(self.transformer_proj.weight.dtype)).float()
-        cond = TextCondition(xf_proj=xf_proj, xf_out=x.permute(0, 2, 1))
-        if caching:
-            self._text_cache = (
-                tokens.clone(),
-                None if mask is None else mask.clone(),
-                self._text_params_version(),
-                cond,
-            )
-        return cond
-
-    def del_cache(self) -> None:
-        """Forget the cached text encoding."""
-        self._text_cache = None
+        return TextCondition(xf_proj=xf_proj, xf_out=x.permute(0, 2, 1))
 
     # ------------------------------------------------------------------ forward
     def _assemble_input(
@@ -467,18 +427,12 @@ class GlideUNet(nn.Module):
         self.transformer_proj.to(dtype)
         self.token_embedding.to(dtype)
         self.dtype = dtype
-        self.del_cache()
         return self
 
     def convert_to_fp32(self) -> GlideUNet:
         self.float()
         self.dtype = torch.float32
-        self.del_cache()
         return self
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
-        self.del_cache()
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
 def create_model(config: UNetConfig, device: torch.device | str | None = None) -> GlideUNet:

@@ -1,46 +1,36 @@
-"""The two-stage sampling every pipeline runs: the base model at 64x64, then the upsampler.
+"""The two-stage sampling every pipeline runs: the base model, then the upsampler.
 
-:class:`GlidePipeline` holds the models (loaded lazily, once), the device and dtype, and
-:meth:`GlidePipeline._generate`, which wires tokenizer, text encoder, guidance, samplers and
-the optional source image, known-region mask and SDEdit start together. The public pipelines
-(:mod:`glidekit.pipelines`) only check their arguments and prepare inputs.
+:class:`GlidePipeline` holds the model slots (loaded lazily, once), the device and dtype, and
+runs stages: :meth:`GlidePipeline.sample_stage` wires tokenizer, text encoder, guidance,
+sampler and the optional source image, known-region mask and SDEdit start together for one
+stage; :meth:`GlidePipeline.run_cascade` runs the base stage then the upsampler stage and makes
+the :class:`~glidekit.pipelines.results.PipelineResult`. The public pipelines only check their
+inputs (:meth:`GlidePipeline.check_inputs`) and prepare the stages.
 
-Random numbers: one ``torch.Generator`` on the pipeline's device, seeded with ``seed``, supplies
-in order the base stage's start noise and every step's noise, then the upsampler's — the order
-of the official notebooks, so a seed means the same images for the same batch.
+Random numbers: one ``torch.Generator`` on the pipeline's device, seeded with the run's seed,
+supplies in order the base stage's start noise and every step's noise, then the upsampler's:
+the order of the official notebooks, so a seed means the same images for the same batch.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
-from glidekit.diffusion.samplers import sample_progressive
+from glidekit import __version__
+from glidekit.diffusion import sample_progressive
+from glidekit.errors import OptionError, OptionTypeError
 from glidekit.guidance import ClassifierFreeGuidance, known_region_replacer
-from glidekit.pipelines.common import (
-    LoadedModel,
-    ModelSlot,
-    ModelSource,
-    PipelineResult,
-    check_number,
-    check_sampler_options,
-    default_source,
-    dtype_name,
-    get_sampler,
-    jsonable,
-    resolve_device,
-    resolve_dtype,
-    respacing_spelling,
-    tensor_to_images,
-)
-from glidekit.tokenizer import tokenize_batch
-
-logger = logging.getLogger(__name__)
+from glidekit.pipelines.devices import dtype_name, resolve_device, resolve_dtype
+from glidekit.pipelines.options import CascadeOptions, RunOptions, check_prompts
+from glidekit.pipelines.results import PipelineResult, jsonable, tensor_to_images
+from glidekit.pipelines.slots import ClipSlot, LoadedModel, ModelSlot
+from glidekit.pipelines.sources import ModelSource, default_source
+from glidekit.tokenizer import tokenize_batch, unknown_words
 
 #: Called after every sampler step as ``callback(stage, step, total)`` with stage "base" or
 #: "upsampler" and step counting from 1; an exception it raises stops the run (cancel).
@@ -50,7 +40,8 @@ _DEFAULT = object()  # "use the default model" in from_pretrained
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
-    """Round [-1, 1] images to the 8-bit grid, as the upsampler's low-res input is in the notebooks."""
+    """Round [-1, 1] images to the 8-bit grid, as the upsampler's low-res input is in the
+    notebooks."""
     return ((x.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
 
 
@@ -59,10 +50,16 @@ def start_index(strength: float, num_steps: int) -> int:
     return min(num_steps - 1, max(0, round(strength * num_steps) - 1))
 
 
+def expand_prompts(prompts: list[str], num_images: int) -> list[str]:
+    """The batch rows: each prompt ``num_images`` times, prompt-major."""
+    return [p for p in prompts for _ in range(num_images)]
+
+
 @dataclass
 class Stage:
     """What one stage (base or upsampler) is asked to do."""
 
+    name: str  # "base" or "upsampler"; also the prefix of its options in errors
     steps: str
     sampler: str
     sampler_options: dict[str, Any]
@@ -71,25 +68,34 @@ class Stage:
     strength: float | None = None  # SDEdit start from the source; None: from pure noise
     source: torch.Tensor | None = None  # (1, 3, S, S) in [-1, 1]
     keep: torch.Tensor | None = None  # (1, 1, S, S), 1 = keep the source
-    low_res: torch.Tensor | None = None  # (B, 3, s, s), upsampler only
+    low_res: torch.Tensor | None = None  # (B, 3, s, s) in [-1, 1], upsampler only
     cond_fn: Any = None  # e.g. CLIP guidance, called on the stage's rows
+    arg_prefix: str = field(default="")  # "upsample_" for the upsampler's options in errors
+
+    @classmethod
+    def upsampler(cls, opts: CascadeOptions, **kwargs: Any) -> Stage:
+        """The upsampler stage of a cascade run."""
+        return cls("upsampler", opts.upsample_steps, opts.upsample_sampler,
+                   opts.upsample_sampler_options, temperature=opts.upsample_temp,
+                   arg_prefix="upsample_", **kwargs)  # fmt: skip
 
 
 class GlidePipeline:
-    """Base class: a base model and an optional upsampler on one device.
+    """Base class: a base model, an optional upsampler and an optional CLIP on one device.
 
-    ``base`` / ``upsampler``: anything :class:`~glidekit.pipelines.common.ModelSlot` accepts (a
-    released name, a glidekit model file, a released-layout checkpoint file, a ``GlideUNet`` or
-    a ``(model, DiffusionConfig, tokenizer)`` tuple); ``upsampler=None`` stops at the base
-    resolution. ``device``: "auto" (cuda, then mps, then cpu) or a torch device. ``dtype``:
-    "auto" (fp16 on GPUs, fp32 on CPU), "fp32", "fp16" or "bf16". Models load on first use.
-    ``low_memory``: hold one model at a time (each stage loads its model and releases the
-    other), so the peak is the larger model, not both; every call then loads its models again.
-    ``compile``: run the UNets through ``torch.compile`` (the first step of each stage, and of
-    each new batch size, compiles: minutes on a CPU; later steps run the compiled code).
+    ``base`` / ``upsampler``: anything :class:`~glidekit.pipelines.slots.ModelSlot` accepts;
+    ``upsampler=None`` stops at the base resolution. ``clip``: anything
+    :class:`~glidekit.pipelines.slots.ClipSlot` accepts, used only by CLIP guidance (default:
+    the package's CLIP beside the embedded models, else the released towers). ``device``:
+    "auto" (cuda, then mps, then cpu) or a torch device. ``dtype``: "auto" (fp16 on GPUs, fp32
+    on CPU), "fp32", "fp16" or "bf16". Models load on first use. ``low_memory``: hold one model
+    at a time (the peak is the larger model, not both; every call then loads its models again).
+    ``compile``: run the UNets through ``torch.compile`` (the first step compiles: minutes on a
+    CPU).
     """
 
     pipeline_name: ClassVar[str] = "glide"
+    options_class: ClassVar[type[RunOptions]] = RunOptions
     base_role: ClassVar[str | None] = "base"
     upsampler_role: ClassVar[str] = "upsampler"
 
@@ -98,6 +104,8 @@ class GlidePipeline:
         base: ModelSource | None = None,
         upsampler: ModelSource | None = None,
         *,
+        clip: Any = None,
+        clip_tokenizer: str | os.PathLike | None = None,
         device: str | torch.device | None = "auto",
         dtype: str | torch.dtype | None = "auto",
         cache_dir: str | os.PathLike | None = None,
@@ -106,36 +114,27 @@ class GlidePipeline:
     ) -> None:
         for name, flag in (("low_memory", low_memory), ("compile", compile)):
             if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be True or False, got {flag!r}")
+                raise OptionTypeError(name, f"expected True or False, got {flag!r}")
         self.low_memory = low_memory
         self.compile = compile
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         if self.base_role is not None and base is None:
-            raise ValueError(f"{self.base_role}: a base model is required")
-        self.base_slot = (
-            ModelSlot(base, self.base_role, cache_dir)
-            if self.base_role and base is not None
-            else None
-        )
+            raise OptionError(self.base_role, "a base model is required")
+        self.base_slot = ModelSlot(base, self.base_role, cache_dir) if self.base_role else None
         self.upsampler_slot = (
             ModelSlot(upsampler, self.upsampler_role, cache_dir) if upsampler is not None else None
         )
+        self._clip_args = (clip, clip_tokenizer, cache_dir)
+        self._clip_slot: ClipSlot | None = None
 
     @classmethod
-    def from_pretrained(
-        cls,
-        base: ModelSource | None = None,
-        upsampler: ModelSource | None = _DEFAULT,  # type: ignore[assignment]
-        **kwargs: Any,
-    ):
-        """A pipeline on named/saved models; no arguments: the package's default models.
-
-        ``base``: released name or path (default: ``glidekit.models.default_base()`` if the
-        package ships models, else the released name). ``upsampler``: the same, or None for
-        none. Keyword arguments go to the constructor (device, dtype, cache_dir). Nothing is
-        loaded until the first call.
-        """
+    def from_pretrained(cls, base: ModelSource | None = None,
+                        upsampler: ModelSource | None = _DEFAULT,  # type: ignore[assignment]
+                        **kwargs: Any):  # fmt: skip
+        """A pipeline on named/saved models; no arguments: the package's default models
+        (:func:`~glidekit.pipelines.sources.default_source`). ``upsampler=None``: none.
+        Keyword arguments go to the constructor. Nothing is loaded until the first call."""
         if cls.base_role is not None and base is None:
             base = default_source(cls.base_role)
         if upsampler is _DEFAULT:
@@ -146,13 +145,11 @@ class GlidePipeline:
     @property
     def base(self) -> LoadedModel:
         if self.base_slot is None:
-            raise ValueError(f"{self.pipeline_name}: this pipeline has no base model")
+            raise OptionError("base", f"the {self.pipeline_name} pipeline has no base model")
         lm = self._hold(self.base_slot)
         if lm.model.config.super_res:
-            raise ValueError(
-                f"base: {lm.label} is a super-resolution model ({lm.model.config.kind}); "
-                "pass it as the upsampler"
-            )
+            raise OptionError(self.base_slot.role, f"{lm.label} is a super-resolution model "
+                              f"({lm.model.config.kind}); pass it as the upsampler")  # fmt: skip
         return lm
 
     @property
@@ -161,23 +158,27 @@ class GlidePipeline:
             return None
         lm = self._hold(self.upsampler_slot)
         if not lm.model.config.super_res:
-            raise ValueError(
-                f"upsampler: {lm.label} is not a super-resolution model ({lm.model.config.kind})"
-            )
+            raise OptionError(self.upsampler_slot.role, f"{lm.label} is not a super-resolution "
+                              f"model ({lm.model.config.kind})")  # fmt: skip
         return lm
 
-    def _image_sizes(self, upsample: bool) -> list[int]:
-        """Output sides of the base and (with ``upsample``) the upsampler, read without loading
-        the weights where the sources tell them (low_memory then loads each model once)."""
-        slots = [(self.base_slot, "base"), (self.upsampler_slot, "upsampler")][: 1 + upsample]
-        sizes = []
-        for slot, role in slots:
-            size = slot.image_size() if slot is not None else None
-            if size is None:
-                lm = self.base if role == "base" else self.upsampler
-                size = lm.model.config.image_size  # type: ignore[union-attr]
-            sizes.append(size)
-        return sizes
+    @property
+    def clip_slot(self) -> ClipSlot:
+        """The CLIP for CLIP guidance (its source is decided on first use)."""
+        if self._clip_slot is None:
+            clip, tokenizer, cache_dir = self._clip_args
+            source = default_source("clip") if clip is None else clip
+            self._clip_slot = ClipSlot(source, tokenizer, cache_dir)
+        return self._clip_slot
+
+    @property
+    def clip_label(self) -> str:
+        return self.clip_slot.label
+
+    @property
+    def clip(self):
+        """The noise-aware CLIP, on the pipeline's device (float32)."""
+        return self.clip_slot.get(self.device)
 
     def _hold(self, slot: ModelSlot) -> LoadedModel:
         """``slot``'s model, loaded; with ``low_memory`` the other models are released first."""
@@ -187,12 +188,52 @@ class GlidePipeline:
                     other.release()
         return slot.get(self.device, self.dtype, compile=self.compile)
 
-    def _generator(self, seed: int) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(seed)
+    def image_sizes(self, upsample: bool) -> list[int]:
+        """Output sides of the base and (with ``upsample``) the upsampler, read without loading
+        the weights where the sources tell them (low_memory then loads each model once)."""
+        sizes = []
+        for slot, role in [(self.base_slot, "base"), (self.upsampler_slot, "upsampler")][
+            : 1 + upsample
+        ]:
+            size = slot.image_size() if slot is not None else None
+            if size is None:
+                lm = self.base if role == "base" else self.upsampler
+                size = lm.model.config.image_size  # type: ignore[union-attr]
+            sizes.append(size)
+        return sizes
 
-    def _params(self, **params: Any) -> dict[str, Any]:
-        from glidekit import __version__
+    # ------------------------------------------------------------------ options
+    def model_defaults(self) -> dict[str, Any]:
+        """The sampling defaults of the model that decides this pipeline's (the base's; the
+        upsampler's for a pipeline without a base)."""
+        slot = self.base_slot or self.upsampler_slot
+        return slot.defaults() if slot is not None else {}
 
+    def check_inputs(self, prompt: Any, options: RunOptions | None = None,
+                     **kwargs: Any) -> tuple[list[str], Any]:  # fmt: skip
+        """The prompts and this run's options, checked, before any model is loaded.
+
+        ``options``: a ready options object (``kwargs`` then change it); else the options are
+        built from ``kwargs`` over the model's own defaults (:meth:`RunOptions.build`)."""
+        prompts = check_prompts(prompt)
+        if options is None:
+            options = self.options_class.build(kwargs, self.model_defaults())
+        else:
+            if not isinstance(options, self.options_class):
+                raise OptionError("options", f"expected {self.options_class.__name__}, got "
+                                  f"{type(options).__name__}")  # fmt: skip
+            options = options.replace(**kwargs) if kwargs else options
+        return prompts, options
+
+    def unknown_words(self, prompts: list[str]) -> list[str]:
+        """Words of ``prompts`` the base model's tokenizer does not know (a closed-vocabulary
+        model, such as the embedded shapes models, ignores them)."""
+        if self.base_slot is None:
+            return []
+        return unknown_words(self.base.tokenizer, prompts)
+
+    def params(self, opts: RunOptions, **extra: Any) -> dict[str, Any]:
+        """Everything that made a result: models, device, options and ``extra``."""
         out = {
             "pipeline": self.pipeline_name,
             "base": self.base_slot.label if self.base_slot else None,
@@ -201,162 +242,100 @@ class GlidePipeline:
             "dtype": dtype_name(self.dtype),
             "glidekit_version": __version__,
         }
-        out.update(params)
+        out.update(opts.to_params())
+        out.update(extra)
         return jsonable(out)
 
     # ------------------------------------------------------------------ sampling
-    def _stage(
-        self,
-        lm: LoadedModel,
-        prompts: list[str],
-        stage: Stage,
-        generator: torch.Generator,
-        progress: bool,
-        arg_prefix: str = "",
-        callback: StepCallback | None = None,
-        stage_name: str = "base",
-    ) -> torch.Tensor:
+    def sample_stage(self, lm: LoadedModel, prompts: list[str], stage: Stage,
+                     generator: torch.Generator, progress: bool = False,
+                     callback: StepCallback | None = None) -> torch.Tensor:  # fmt: skip
         """Sample one stage for ``prompts`` (B rows); returns (B, 3, S, S) in [-1, 1]."""
-        model = lm.model
-        cfg = model.config
-        size = cfg.image_size
-        b = len(prompts)
-        sampler = get_sampler(stage.sampler, f"{arg_prefix}sampler")
-        options = check_sampler_options(
-            sampler, stage.sampler_options, f"{arg_prefix}sampler_options"
-        )
-        diffusion = lm.process(stage.steps, f"{arg_prefix}steps")
-        n_steps = diffusion.num_timesteps
-
+        size, b = lm.model.config.image_size, len(prompts)
+        diffusion = lm.process(stage.steps, f"{stage.arg_prefix}steps")
         guided = stage.guidance_scale is not None
-        rows = prompts + [""] * b if guided else list(prompts)
-        n = len(rows)
-        tokens, mask = tokenize_batch(lm.tokenizer, rows, cfg.text_ctx, self.device)
-        with torch.no_grad():
-            text = model.encode_text(tokens, mask)
-        model.del_cache()
-        model_kwargs: dict[str, Any] = {"text": text}
-        if stage.low_res is not None:
-            model_kwargs["low_res"] = stage.low_res.to(self.device).repeat(n // b, 1, 1, 1)
-
-        source = keep = None
-        if stage.source is not None:
-            source = stage.source.to(self.device).expand(n, -1, size, size)
-        if stage.keep is not None:
-            keep = stage.keep.to(self.device).expand(n, -1, size, size)
-        if cfg.inpaint and source is not None and keep is not None:
-            model_kwargs["inpaint_image"] = source
-            model_kwargs["inpaint_mask"] = keep
-        denoised_fn = known_region_replacer(source, keep) if keep is not None else None
-        model_fn = ClassifierFreeGuidance(model, stage.guidance_scale) if guided else model
+        n = 2 * b if guided else b
+        kwargs = self._model_kwargs(lm, prompts + [""] * b if guided else prompts, stage, n)
+        source, keep = kwargs.pop("_source"), kwargs.pop("_keep")
+        model_fn = ClassifierFreeGuidance(lm.model, stage.guidance_scale) if guided else lm.model
 
         shape = (n, 3, size, size)
         noise = torch.randn(shape, generator=generator, device=self.device)
-        if stage.strength is None:
-            start = n_steps - 1
-            x = noise * stage.temperature
-        else:
-            if source is None:
-                raise ValueError("strength needs a source image")
-            start = start_index(stage.strength, n_steps)
+        start = diffusion.num_timesteps - 1
+        x = noise * stage.temperature
+        if stage.strength is not None:  # SDEdit: the source, noised to the start step
+            start = start_index(stage.strength, diffusion.num_timesteps)
             t = torch.full((n,), start, dtype=torch.long, device=self.device)
             x = diffusion.q_sample(source, t, noise=noise * stage.temperature)
-        total = start + 1
+        steps = sample_progressive(
+            diffusion, model_fn, shape, sampler=stage.sampler, noise=x, start_index=start,
+            generator=generator, clip_denoised=True, cond_fn=stage.cond_fn, model_kwargs=kwargs,
+            denoised_fn=known_region_replacer(source, keep) if keep is not None else None,
+            progress=progress, **stage.sampler_options,
+        )  # fmt: skip
         final = x
-        for k, out in enumerate(
-            sample_progressive(
-                diffusion,
-                model_fn,
-                shape,
-                sampler=sampler,
-                noise=x,
-                start_index=start,
-                generator=generator,
-                clip_denoised=True,
-                denoised_fn=denoised_fn,
-                cond_fn=stage.cond_fn,
-                model_kwargs=model_kwargs,
-                progress=progress,
-                **options,
-            ),
-            start=1,
-        ):
+        for k, out in enumerate(steps, start=1):
             final = out.sample
             if callback is not None:
-                callback(stage_name, k, total)  # may raise to cancel the run
+                callback(stage.name, k, start + 1)  # may raise to cancel the run
         result = final[:b].float()
         if keep is not None:  # the known region, exactly (the last step already nearly is)
             result = result * (1 - keep[:b]) + source[:b] * keep[:b]
         return result.clamp(-1, 1)
 
-    def _run(
-        self,
-        prompts: list[str],
-        *,
-        seed: int,
-        base_stage: Stage | None,
-        up_stage: Stage | None,
-        progress: bool = False,
-        callback: StepCallback | None = None,
-        up_prefix: str = "upsample_",
-        **params: Any,
-    ) -> PipelineResult:
-        # Load the models and check both stages' step spellings before sampling anything
-        # (low_memory: the upsampler is loaded, and checked, once the base has been released).
+    def _model_kwargs(self, lm: LoadedModel, rows: list[str], stage: Stage,
+                      n: int) -> dict[str, Any]:  # fmt: skip
+        """The model's inputs for ``rows``: the encoded text (computed once per stage), the
+        low-res input, the inpainting source and mask; plus ``_source``/``_keep`` for the
+        known-region replacement."""
+        cfg, size = lm.model.config, lm.model.config.image_size
+        tokens, mask = tokenize_batch(lm.tokenizer, rows, cfg.text_ctx, self.device)
+        with torch.no_grad():
+            kwargs: dict[str, Any] = {"text": lm.model.encode_text(tokens, mask)}
+        if stage.low_res is not None:
+            b = stage.low_res.shape[0]
+            kwargs["low_res"] = stage.low_res.to(self.device).repeat(n // b, 1, 1, 1)
+        source, keep = (None if t is None else t.to(self.device).expand(n, -1, size, size)
+                        for t in (stage.source, stage.keep))  # fmt: skip
+        if cfg.inpaint and source is not None and keep is not None:
+            kwargs["inpaint_image"], kwargs["inpaint_mask"] = source, keep
+        kwargs["_source"], kwargs["_keep"] = source, keep
+        return kwargs
+
+    def run_cascade(self, rows: list[str], opts: RunOptions, base_stage: Stage | None,
+                    up_stage: Stage | None, *, progress: bool = False,
+                    callback: StepCallback | None = None, **extra: Any) -> PipelineResult:  # fmt: skip
+        """Sample the base stage, then the upsampler stage on its (8-bit rounded) output.
+
+        Both stages' models are loaded and their step spellings checked before anything is
+        sampled (with ``low_memory`` the upsampler is loaded once the base is released)."""
         base = self.base if base_stage is not None else None
-        up = self.upsampler if up_stage is not None and not self.low_memory else None
         if base is not None and base_stage is not None:
             base.process(base_stage.steps, "steps")
+        up = self.upsampler if up_stage is not None and not self.low_memory else None
         if up is not None and up_stage is not None:
-            up.process(up_stage.steps, f"{up_prefix}steps")
-        generator = self._generator(seed)
+            up.process(up_stage.steps, f"{up_stage.arg_prefix}steps")
+        generator = torch.Generator(device=self.device).manual_seed(opts.seed)
         low = None
         if base is not None and base_stage is not None:
-            low = self._stage(base, prompts, base_stage, generator, progress, callback=callback)
+            low = self.sample_stage(base, rows, base_stage, generator, progress, callback)
         del base  # low_memory: the slot's reference is the last one
-        if up_stage is not None and self.low_memory:
-            up = self.upsampler
-            if up is not None:
-                up.process(up_stage.steps, f"{up_prefix}steps")
         final = low
-        if up is not None and up_stage is not None:
+        if up_stage is not None:
+            up = self.upsampler if self.low_memory else up
+            if up is None:
+                raise OptionError("upsampler", "this pipeline has no upsampler")
             if up_stage.low_res is None:
-                if low is None:
-                    raise ValueError("the upsampler stage needs a low-resolution input")
-                up_stage.low_res = quantize(low)
-            final = self._stage(
-                up, prompts, up_stage, generator, progress, up_prefix, callback, "upsampler"
-            )
+                up_stage.low_res = quantize(low)  # type: ignore[arg-type]
+            final = self.sample_stage(up, rows, up_stage, generator, progress, callback)
         if final is None:
-            raise ValueError("nothing to sample: no base stage and no upsampler stage")
-        images = tensor_to_images(final)
+            raise OptionError("upsample", "nothing to sample: no base and no upsampler stage")
+        params = self.params(opts, prompts=rows, size=final.shape[-1],
+                             upsampled=up_stage is not None and base_stage is not None,
+                             **extra)  # fmt: skip
         return PipelineResult(
-            images=images,
-            params=self._params(
-                prompts=prompts,
-                seed=seed,
-                size=final.shape[-1],
-                **({} if up_stage is not None else {"upsampler": None}),
-                **params,
-            ),
+            images=tensor_to_images(final),
+            params=params,
             samples=final.detach().cpu(),
             low_res=tensor_to_images(low) if (low is not None and up_stage is not None) else None,
         )
-
-
-def upsample_stage_args(
-    upsample_steps: int | str,
-    upsample_sampler: str,
-    upsample_temp: float,
-    upsample_sampler_options: dict[str, Any] | None,
-    names: tuple[str, str, str] = ("upsample_steps", "upsample_sampler", "upsample_temp"),
-) -> dict[str, Any]:
-    """Checked upsampler-stage arguments (also recorded in the params); ``names``: how the
-    caller calls steps, sampler and temperature, for the error messages."""
-    get_sampler(upsample_sampler, names[1])
-    return {
-        "upsample_steps": respacing_spelling(upsample_steps, names[0]),
-        "upsample_sampler": upsample_sampler,
-        "upsample_temp": check_number(upsample_temp, names[2], low=0.0),
-        "upsample_sampler_options": dict(upsample_sampler_options or {}),
-    }

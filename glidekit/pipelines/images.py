@@ -1,4 +1,4 @@
-"""Images in and out of the pipelines.
+"""Images into the pipelines: pictures and masks, read, checked, squared and resized.
 
 In: any image Pillow reads (RGBA, grayscale, palette, 16-bit, EXIF-rotated JPEG, ...) through
 :func:`glidekit.data.transforms.load_image`; non-square images are centre-cropped
@@ -11,19 +11,14 @@ image's alpha channel is used: transparent (alpha < 50%) = replace. Internally t
 the opposite, ``inpaint_mask`` = 1 where the source is KEPT; :func:`prepare_keep_masks` returns
 that form.
 
-Out: PNG files carrying their parameters as text chunks: one JSON object under the key
-``glidekit`` (read back by :func:`read_png_params`) plus readable ``prompt``, ``seed``,
-``model``, ``sampler``, ``steps`` and ``guidance_scale`` keys. :func:`save_png` never
-overwrites: an existing name gets a ``-1``, ``-2``, ... suffix.
+Pictures are size-checked from their header before decoding (:data:`MAX_PIXELS`). PNG files
+out: :mod:`glidekit.pipelines.results`.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
-import re
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,13 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, PngImagePlugin
+from PIL import Image, ImageOps
 
 from glidekit.data.transforms import load_image, to_tensor
-from glidekit.fileio import fsync_dir
 
 FITS = ("crop", "pad")
-PNG_KEY = "glidekit"
 _PAD_GREY = (128, 128, 128)
 
 ImageInput = Any  # str | os.PathLike | bytes | PIL.Image.Image | torch.Tensor (3, H, W) in [-1, 1]
@@ -46,27 +39,61 @@ ImageInput = Any  # str | os.PathLike | bytes | PIL.Image.Image | torch.Tensor (
 # --------------------------------------------------------------------------- reading
 
 
-def _open(source: ImageInput, name: str) -> Image.Image:
-    """Decode ``source`` keeping its mode (EXIF orientation applied)."""
+def input_label(source: Any) -> str | None:
+    """How an input image is named in the params."""
+    if source is None:
+        return None
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, Image.Image):
+        return f"<PIL image {source.width}x{source.height}>"
+    return f"<{type(source).__name__}>"
+
+
+#: Input pictures larger than this are refused from their header, before decoding (the CLI's
+#: ``--max-megapixels`` and the web app's limit default to it: 4096 x 4096).
+MAX_PIXELS = 4096 * 4096
+
+
+def _decode(fp: Any, name: str, label: str, max_pixels: int) -> Image.Image:
+    """Open ``fp``, check the pixel count from the header, then decode."""
+    try:
+        img = Image.open(fp)
+    except Image.DecompressionBombError:
+        raise ValueError(f"{name}: {label} has far too many pixels to be read") from None
+    except OSError as exc:  # includes UnidentifiedImageError
+        raise ValueError(f"{name}: cannot read {label} as an image ({exc})") from None
+    w, h = img.size
+    if w * h > max_pixels:
+        img.close()
+        raise ValueError(
+            f"{name}: {label} is {w}x{h} pixels, more than {max_pixels / 1e6:.1f} megapixels; "
+            "resize it first (or raise --max-megapixels)"
+        )
+    try:
+        img.load()
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{name}: cannot decode {label} ({exc})") from None
+    return img
+
+
+def _open(source: ImageInput, name: str, max_pixels: int | None = None) -> Image.Image:
+    """Decode ``source`` keeping its mode (EXIF orientation applied); a file or bytes of more
+    than ``max_pixels`` (default :data:`MAX_PIXELS`) are refused from the header."""
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
     if isinstance(source, Image.Image):
         img = source
     elif isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        if not path.is_file():
+        try:
+            is_file = path.is_file()
+        except OSError:  # a symlink loop, a name too long
+            is_file = False
+        if not is_file:
             raise FileNotFoundError(f"{name}: {str(source)!r} is not a file")
-        try:
-            img = Image.open(path)
-            img.load()
-        except OSError as exc:  # includes UnidentifiedImageError
-            raise ValueError(f"{name}: cannot read {str(source)!r} as an image ({exc})") from None
+        img = _decode(path, name, repr(str(source)), limit)
     elif isinstance(source, (bytes, bytearray, memoryview)):
-        import io
-
-        try:
-            img = Image.open(io.BytesIO(bytes(source)))
-            img.load()
-        except OSError as exc:
-            raise ValueError(f"{name}: cannot decode the image bytes ({exc})") from None
+        img = _decode(io.BytesIO(bytes(source)), name, "the image bytes", limit)
     else:
         raise TypeError(
             f"{name} must be a path, bytes, a PIL image or a tensor, got {type(source).__name__}"
@@ -87,24 +114,26 @@ def _tensor_to_pil(t: torch.Tensor, name: str) -> Image.Image:
     return Image.fromarray(arr.permute(1, 2, 0).numpy(), mode="RGB")
 
 
-def read_rgb(source: ImageInput, name: str = "image", *, keep_hidden: bool = False) -> Image.Image:
+def read_rgb(source: ImageInput, name: str = "image", *, keep_hidden: bool = False,
+             max_pixels: int | None = None) -> Image.Image:  # fmt: skip
     """The 8-bit RGB picture of ``source``: transparency composited on white, or with
     ``keep_hidden`` the colours stored under it (when the alpha channel is the mask, those
     pixels are replaced anyway, and white would bleed into the known pixels when resizing).
     """
     if isinstance(source, torch.Tensor):
         return _tensor_to_pil(source, name)
-    img = _open(source, name)
+    img = _open(source, name, max_pixels)
     if keep_hidden and img.mode in ("RGBA", "LA", "RGBa", "La"):
         img = img.convert("RGB") if img.mode in ("RGBA", "RGBa") else img.convert("L")
     return load_image(img)
 
 
-def read_alpha(source: ImageInput, name: str = "image") -> Image.Image | None:
+def read_alpha(source: ImageInput, name: str = "image",
+               max_pixels: int | None = None) -> Image.Image | None:  # fmt: skip
     """The alpha channel of ``source`` as an "L" image, or None if it has none."""
     if isinstance(source, torch.Tensor):
         return None
-    img = _open(source, name)
+    img = _open(source, name, max_pixels)
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         img.mode in ("P", "L", "RGB") and "transparency" in img.info
     ):
@@ -112,7 +141,7 @@ def read_alpha(source: ImageInput, name: str = "image") -> Image.Image | None:
     return None
 
 
-def read_replace_mask(mask: Any, name: str = "mask") -> Image.Image:
+def read_replace_mask(mask: Any, name: str = "mask", max_pixels: int | None = None) -> Image.Image:
     """A user's mask as an "L" image: 255 = replace, 0 = keep (white = replace)."""
     if isinstance(mask, np.ndarray):
         mask = torch.from_numpy(mask)
@@ -129,7 +158,7 @@ def read_replace_mask(mask: Any, name: str = "mask") -> Image.Image:
         arr = ((m >= 0.5).numpy().astype(np.uint8)) * 255
         return Image.fromarray(arr, mode="L")
     # Any mode to 8-bit grey (transparent parts of a mask image composite to white: replace).
-    gray = np.asarray(load_image(_open(mask, name)).convert("L"))
+    gray = np.asarray(load_image(_open(mask, name, max_pixels)).convert("L"))
     return Image.fromarray(((gray >= 128).astype(np.uint8)) * 255, mode="L")
 
 
@@ -163,14 +192,20 @@ def resize(img: Image.Image, size: int) -> Image.Image:
 
 
 def load_source(
-    source: ImageInput, fit: str = "crop", name: str = "image", *, keep_hidden: bool = False
+    source: ImageInput,
+    fit: str = "crop",
+    name: str = "image",
+    *,
+    keep_hidden: bool = False,
+    max_pixels: int | None = None,
 ) -> Image.Image:
     """``source`` as a square 8-bit RGB picture (centre-cropped or grey-padded by ``fit``).
 
     ``keep_hidden``: see :func:`read_rgb` (used when the alpha channel is the mask).
     """
     check_fit(fit)
-    return fit_square(read_rgb(source, name, keep_hidden=keep_hidden), fit, _PAD_GREY)
+    img = read_rgb(source, name, keep_hidden=keep_hidden, max_pixels=max_pixels)
+    return fit_square(img, fit, _PAD_GREY)
 
 
 def load_replace_mask(
@@ -180,6 +215,7 @@ def load_replace_mask(
     *,
     image_name: str = "image",
     mask_name: str = "mask",
+    max_pixels: int | None = None,
 ) -> Image.Image:
     """The region to replace as a square "L" image (255 = replace), squared like the image.
 
@@ -189,7 +225,7 @@ def load_replace_mask(
     """
     check_fit(fit)
     if mask is None:
-        alpha = read_alpha(image, image_name)
+        alpha = read_alpha(image, image_name, max_pixels)
         if alpha is None:
             raise ValueError(
                 f"{mask_name}: no mask given and {image_name} has no alpha channel; pass a mask "
@@ -197,11 +233,11 @@ def load_replace_mask(
             )
         replace = Image.fromarray(((np.asarray(alpha) < 128).astype(np.uint8)) * 255, mode="L")
     else:
-        replace = read_replace_mask(mask, mask_name)
+        replace = read_replace_mask(mask, mask_name, max_pixels)
         if isinstance(image, torch.Tensor):
             img_size = (image.shape[-1], image.shape[-2])
         else:
-            img_size = read_rgb(image, image_name).size
+            img_size = _open(image, image_name, max_pixels).size
         if replace.size != img_size:
             raise ValueError(
                 f"{mask_name}: mask size {replace.size[0]}x{replace.size[1]} does not match "
@@ -263,138 +299,3 @@ def prepare_keep_masks(image: ImageInput, mask: Any | None, sizes: Sequence[int]
 
 
 # --------------------------------------------------------------------------- writing
-
-
-def output_stem(prompt: str, seed: int, max_len: int = 48) -> str:
-    """A file-name stem from a prompt and seed: ``an-oil-painting-of-a-corgi-s42``."""
-    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:max_len].strip("-")
-    return f"{slug or 'image'}-s{seed}"
-
-
-def fresh_path(path: str | os.PathLike) -> Path:
-    """``path`` if free, else the first free ``<stem>-1<suffix>``, ``-2``, ... (not created)."""
-    path = Path(path)
-    if not path.exists():
-        return path
-    n = 1
-    while True:
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-        if not candidate.exists():
-            return candidate
-        n += 1
-
-
-def png_info(params: dict[str, Any]) -> PngImagePlugin.PngInfo:
-    from glidekit import __version__
-    from glidekit.pipelines.common import jsonable
-
-    info = PngImagePlugin.PngInfo()
-    data = jsonable(params)
-    info.add_text(PNG_KEY, json.dumps(data, sort_keys=True))
-    readable = {
-        "prompt": data.get("prompt"),
-        "seed": data.get("seed"),
-        "model": data.get("base") or data.get("upsampler"),
-        "upsampler": data.get("upsampler"),
-        "sampler": data.get("sampler"),
-        "steps": data.get("steps"),
-        "guidance_scale": data.get("guidance_scale"),
-    }
-    for key, value in readable.items():
-        if value is not None:
-            info.add_itxt(key, str(value))
-    info.add_text("Software", f"glidekit {__version__}")
-    return info
-
-
-def png_bytes(image: Image.Image, params: dict[str, Any]) -> bytes:
-    """The PNG file of ``image`` with ``params`` as text chunks.
-
-    The same image and params give the same bytes: no time chunk, sorted JSON, fixed chunk
-    order and compression.
-    """
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", pnginfo=png_info(params))
-    return buf.getvalue()
-
-
-def _temp_beside(path: Path) -> Path:
-    """A fresh hidden temporary name next to ``path`` (not a ``.png``; removed on failure)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-
-
-def _write_temp(data: bytes, tmp: Path) -> None:
-    with open(tmp, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write_atomic(data: bytes, path: str | os.PathLike) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace`` (overwrites).
-
-    Readers (and a run killed at any point) see either no file / the old file or the whole new
-    one under ``path``, never a part.
-    """
-    path = Path(path)
-    tmp = _temp_beside(path)
-    try:
-        _write_temp(data, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-    return path
-
-
-def save_png(image: Image.Image, path: str | os.PathLike, params: dict[str, Any]) -> Path:
-    """Write ``image`` with ``params`` in its metadata to ``path`` or a fresh variant of it.
-
-    Never overwrites, and never leaves a partial PNG under a final name: the file is written
-    to a temporary name and then linked to the first free name (link fails on a taken name, so
-    a file that appears meanwhile is not overwritten either).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = png_bytes(image, params)
-    tmp = _temp_beside(path)
-    try:
-        _write_temp(data, tmp)
-        while True:
-            target = fresh_path(path)
-            try:
-                os.link(tmp, target)
-            except FileExistsError:  # raced with another writer; try the next name
-                continue
-            except OSError:  # no hard links here: replace, after the free-name check
-                os.replace(tmp, target)
-            break
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-    return target
-
-
-def read_png_params(path: str | os.PathLike, name: str = "--from") -> dict[str, Any]:
-    """The params a glidekit PNG was made with (its ``glidekit`` text chunk)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{name}: {str(path)!r} is not a file")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            text = dict(getattr(img, "text", {}) or img.info)
-    except OSError as exc:
-        raise ValueError(f"{name}: cannot read {str(path)!r} as an image ({exc})") from None
-    raw = text.get(PNG_KEY)
-    if raw is None:
-        raise ValueError(f"{name}: {str(path)!r} carries no glidekit parameters")
-    try:
-        params = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"{name}: the glidekit parameters of {str(path)!r} are corrupt ({exc})"
-        ) from None
-    if not isinstance(params, dict):
-        raise ValueError(f"{name}: the glidekit parameters of {str(path)!r} are not an object")
-    return params

@@ -1,102 +1,63 @@
-"""Text to image: the base model at 64x64 with classifier-free guidance, then the upsampler."""
+"""Text to image: the base model guided by classifier-free guidance (GLIDE's) or by the
+noise-aware CLIP, then the upsampler."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from glidekit.guidance import check_guidance_scale
-from glidekit.pipelines.common import (
-    PipelineResult,
-    check_count,
-    check_prompts,
-    check_seed,
-    get_sampler,
-    respacing_spelling,
-)
-from glidekit.pipelines.engine import GlidePipeline, Stage, StepCallback, upsample_stage_args
-
-
-def expand_prompts(prompts: list[str], num_images: int) -> list[str]:
-    """The batch rows: each prompt ``num_images`` times, prompt-major."""
-    return [p for p in prompts for _ in range(num_images)]
+from glidekit.pipelines.engine import GlidePipeline, Stage, StepCallback, expand_prompts
+from glidekit.pipelines.options import Text2ImageOptions
+from glidekit.pipelines.results import PipelineResult
 
 
 class Text2ImagePipeline(GlidePipeline):
     """GLIDE text-to-image, as the official text2im notebook runs it.
 
-    >>> pipe = Text2ImagePipeline.from_pretrained()             # released base + upsample
-    >>> result = pipe("an oil painting of a corgi", num_images=4, seed=0)
-    >>> result.images[0].save("corgi.png"); result.params["seed"]
+    >>> pipe = Text2ImagePipeline.from_pretrained()   # the package's default models
+    >>> result = pipe("a small red circle in the top left on a white background", seed=0)
+    >>> result.images[0].save("circle.png"); result.params["seed"]
 
-    Defaults: 100 ancestral base steps with classifier-free guidance 3.0, then the upsampler with
-    27 DDIM steps ("fast27") from noise scaled by 0.997.
+    Options (:class:`~glidekit.pipelines.options.Text2ImageOptions`, as keyword arguments or
+    ``options=``): num_images, seed, guidance ("classifier-free" or "clip"), guidance_scale,
+    steps, sampler, sampler_options, upsample, upsample_steps, upsample_sampler, upsample_temp,
+    upsample_sampler_options. Defaults: the base model file's own (the embedded shapes models
+    carry theirs), else GLIDE's: 100 ancestral steps with classifier-free guidance 3.0, then
+    the upsampler with "fast27" DDIM steps from noise scaled by 0.997.
     """
 
     pipeline_name = "text2image"
+    options_class = Text2ImageOptions
 
     def __call__(
         self,
         prompt: str | list[str],
+        options: Text2ImageOptions | None = None,
         *,
-        num_images: int = 1,
-        guidance_scale: float = 3.0,
-        seed: int | None = None,
-        steps: int | str = 100,
-        sampler: str = "ancestral",
-        sampler_options: dict[str, Any] | None = None,
-        upsample: bool = True,
-        upsample_steps: int | str = "fast27",
-        upsample_sampler: str = "ddim",
-        upsample_temp: float = 0.997,
-        upsample_sampler_options: dict[str, Any] | None = None,
         progress: bool = False,
         callback: StepCallback | None = None,
+        **kwargs: Any,
     ) -> PipelineResult:
-        """Generate ``num_images`` images per prompt (a list of prompts makes one batch).
+        """``num_images`` images per prompt (a list of prompts makes one batch).
 
-        ``steps`` / ``upsample_steps``: a step count or a respacing spelling ("100", "ddim50",
-        "fast27", "10,10,3,2,2", "karras25"). ``sampler``: "ancestral", "ddim" or "dpm++2m";
-        ``sampler_options`` go to it (e.g. ``{"eta": 0.5}`` for DDIM). ``seed``: None picks one
-        at random (it is in ``result.params``). ``upsample=False`` (or a pipeline without an
-        upsampler) returns the base model's images. ``progress`` shows tqdm bars;
-        ``callback(stage, step, total)`` is called after every step (raise in it to cancel).
-        """
-        prompts = check_prompts(prompt)
-        num_images = check_count(num_images, "num_images")
-        guidance_scale = check_guidance_scale(guidance_scale, "guidance_scale")
-        seed = check_seed(seed)
-        steps = respacing_spelling(steps, "steps")
-        get_sampler(sampler, "sampler")
-        up = upsample_stage_args(
-            upsample_steps, upsample_sampler, upsample_temp, upsample_sampler_options
-        )
-        upsample = bool(upsample) and self.upsampler_slot is not None
-        base_stage = Stage(steps, sampler, dict(sampler_options or {}), guidance_scale)
-        up_stage = self._up_stage(up) if upsample else None
-        rows = expand_prompts(prompts, num_images)
-        return self._run(
-            rows,
-            seed=seed,
-            base_stage=base_stage,
-            up_stage=up_stage,
-            progress=progress,
-            callback=callback,
-            num_images=num_images,
-            guidance="classifier-free",
-            guidance_scale=guidance_scale,
-            steps=steps,
-            sampler=sampler,
-            sampler_options=dict(sampler_options or {}),
-            upsampled=upsample,
-            **(up if upsample else {}),
-        )
-
-    @staticmethod
-    def _up_stage(up: dict[str, Any], **kwargs: Any) -> Stage:
-        return Stage(
-            up["upsample_steps"],
-            up["upsample_sampler"],
-            up["upsample_sampler_options"],
-            temperature=up["upsample_temp"],
-            **kwargs,
-        )
+        ``progress`` shows tqdm bars; ``callback(stage, step, total)`` is called after every
+        step (raise in it to cancel). Returns images (B = prompts x num_images, prompt-major)
+        of the upsampler's size, or the base's with ``upsample=False`` or no upsampler."""
+        # 1. check inputs (no model is loaded before they pass)
+        prompts, opts = self.check_inputs(prompt, options, **kwargs)
+        rows = expand_prompts(prompts, opts.num_images)
+        upsample = opts.upsample and self.upsampler_slot is not None
+        # 2. the base stage: classifier-free guidance, or the CLIP's gradient
+        clip: dict[str, Any] = {}
+        if opts.guidance == "clip":
+            size = self.base.model.config.image_size
+            cond_fn = self.clip_slot.cond_fn(self.device, rows, opts.guidance_scale, size)
+            base = Stage("base", opts.steps, opts.sampler, opts.sampler_options, cond_fn=cond_fn)
+            clip = {"clip": self.clip_label}
+        else:
+            base = Stage("base", opts.steps, opts.sampler, opts.sampler_options,
+                         opts.guidance_scale)  # fmt: skip
+        # 3. the upsampler stage (its low-res input is the base's output)
+        up = Stage.upsampler(opts) if upsample else None
+        # 4. sample both stages and decode to PIL images
+        return self.run_cascade(rows, opts.replace(upsample=upsample), base, up,
+                                progress=progress, callback=callback, **clip)  # fmt: skip

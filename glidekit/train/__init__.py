@@ -6,12 +6,25 @@ Quick use::
 
     config = load_config("configs/shapes-base-32.yaml", ["train.steps=200"])
     result = train(config)                 # or train(config, resume=True)
-    # result.export -> <out_dir>/export.safetensors, loadable by glidekit.nn.bundle.load_model
+    # result.export -> <out_dir>/export.safetensors, which
+    # glidekit.checkpoints.modelfile.load_unet (load_clip for a CLIP) reads
 
 Under ``torchrun --nproc_per_node N`` the same call trains with DDP (gloo on CPU, NCCL on GPU).
+
+Modules: :mod:`~glidekit.train.config` (the run's config, overrides, what a resume reapplies),
+:mod:`~glidekit.train.trainer` (the one loop), :mod:`~glidekit.train.task` (what a kind of model
+brings to it) with :mod:`~glidekit.train.unet` and :mod:`~glidekit.train.clip`,
+:mod:`~glidekit.train.data` (datasets and resumable streams), :mod:`~glidekit.train.state`
+(checkpoints, checksums, the run lock, torchrun), :mod:`~glidekit.train.report` (metrics, plots,
+grids), :mod:`~glidekit.train.errors`.
+
+Layer: beside ``glidekit.web``, ``glidekit.compat`` and ``glidekit.bench``, under
+``glidekit.cli``, which is the only package that imports it. It may import
+``glidekit.pipelines`` and everything below (``checkpoints``, ``guidance``, ``clip``,
+``diffusion``, ``data``, ``nn``, ``tokenizer`` and the utilities); model files are written
+only through :mod:`glidekit.checkpoints.modelfile`.
 """
 
-from glidekit.train.clip import load_clip, save_clip
 from glidekit.train.config import (
     DataSection,
     DiffusionSection,
@@ -22,9 +35,11 @@ from glidekit.train.config import (
     TrainConfig,
     TrainSection,
     load_config,
+    load_run_config,
 )
+from glidekit.train.errors import NonFiniteLossError, RunFolderBusyError
 from glidekit.train.state import load_checkpoint
-from glidekit.train.trainer import FitResult, Trainer, train
+from glidekit.train.trainer import FitResult, Trainer, export_checkpoint, train
 
 __all__ = [
     "DataSection",
@@ -32,14 +47,16 @@ __all__ = [
     "ExportSection",
     "FitResult",
     "ModelSection",
+    "NonFiniteLossError",
     "OptimSection",
+    "RunFolderBusyError",
     "SampleSection",
     "TrainConfig",
     "TrainSection",
     "Trainer",
+    "export_checkpoint",
     "load_checkpoint",
-    "load_clip",
     "load_config",
-    "save_clip",
+    "load_run_config",
     "train",
 ]

@@ -8,11 +8,17 @@ A config file is a mapping of sections::
     optim:     {lr: 1.0e-4, warmup_steps: 0, grad_clip: 1.0, ema_decay: 0.9999, ...}
     train:     {steps: 1000, batch_size: 8, precision: fp32, out_dir: runs/x, ...}
     sample:    {every: 500, prompts: [...], steps: "25", guidance_scale: 3.0, ...}
-    export:    {dtype: fp32}
+    export:    {dtype: fp32, path: export.safetensors,
+                sampling: {guidance_scale: 3.0, steps: karras25, sampler: dpm++2m}}
 
 Every key can be overridden as ``section.key=value`` (the value is parsed as YAML, so
-``optim.lr=1e-4``, ``model.channel_mult=[1,2,2]`` and ``model.init=null`` work). Unknown
-keys and bad values raise :class:`ValueError` naming the dotted key and what to do.
+``optim.lr=1e-4``, ``model.channel_mult=[1,2,2]`` and ``model.init=null`` work), and a key of
+a mapping as ``section.key.name=value`` (``export.sampling.steps=karras25``). Unknown keys and
+bad values raise :class:`ValueError` naming the dotted key and what to do.
+
+Resuming (:func:`load_run_config`): the config file is read again, so edits to it apply, and
+the overrides the run was started with (recorded in its checkpoint) are applied again before
+the ones given now; a key given again replaces the recorded one.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import math
 import os
 import types
@@ -32,7 +39,11 @@ from typing import Any
 import yaml
 
 from glidekit.clip.config import CLIPConfig
+from glidekit.diffusion import SAMPLERS
 from glidekit.nn.config import CONFIG_CLASSES, UNetConfig
+from glidekit.train.state import CHECKPOINT_NAME, read_checkpoint_overrides
+
+logger = logging.getLogger(__name__)
 
 #: Model kinds: the four UNets plus the noise-aware CLIP.
 MODEL_KINDS: tuple[str, ...] = (*CONFIG_CLASSES, "clip")
@@ -40,6 +51,9 @@ DATA_KINDS: tuple[str, ...] = ("shapes", "folder", "shards")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 TOKENIZERS: tuple[str, ...] = ("auto", "gpt2", "shapes", "clip")
 SCHEDULES: tuple[str, ...] = ("auto", "squaredcos_cap_v2", "linear")
+MASK_KINDS: tuple[str, ...] = ("mixed", "box", "brush")
+#: What a model file's sampling defaults may hold (glidekit.checkpoints.modelfile checks the same).
+MAX_SAMPLING_OPTIONS = 64
 
 
 def _suggest(key: str, known: Sequence[str]) -> str:
@@ -131,6 +145,29 @@ def _choice(name: str, value: str, choices: Sequence[str]) -> None:
 def _positive(name: str, value: float, *, zero_ok: bool = False) -> None:
     if value < 0 or (value == 0 and not zero_ok):
         raise ValueError(f"{name} must be {'>= 0' if zero_ok else 'positive'}, got {value!r}")
+
+
+def _check_fields(
+    section: str,
+    obj: Any,
+    *,
+    choices: Mapping[str, Sequence[str]] | None = None,
+    positive: Sequence[str] = (),
+    non_negative: Sequence[str] = (),
+    fractions: Sequence[str] = (),
+) -> None:
+    """The simple checks of a section's fields, by name: one of ``choices``, > 0, >= 0, in
+    [0, 1]. A field that is ``None`` (optional and unset) passes."""
+    for name, allowed in (choices or {}).items():
+        _choice(f"{section}.{name}", getattr(obj, name), allowed)
+    for names, zero_ok in ((positive, False), (non_negative, True)):
+        for name in names:
+            if getattr(obj, name) is not None:
+                _positive(f"{section}.{name}", getattr(obj, name), zero_ok=zero_ok)
+    for name in fractions:
+        value = getattr(obj, name)
+        if value is not None and not 0 <= float(value) <= 1:
+            raise ValueError(f"{section}.{name} must be in [0, 1], got {value}")
 
 
 @dataclass
@@ -228,13 +265,13 @@ class DiffusionSection:
     prediction: str = "eps"
 
     def validate(self) -> None:
-        _positive("diffusion.steps", self.steps)
-        _choice("diffusion.noise_schedule", self.noise_schedule, SCHEDULES)
-        _choice("diffusion.prediction", self.prediction, ("eps", "v"))
-        if not 0.0 <= float(self.high_noise_fraction) <= 1.0:
-            raise ValueError(
-                f"diffusion.high_noise_fraction must be in [0, 1], got {self.high_noise_fraction}"
-            )
+        _check_fields(
+            "diffusion",
+            self,
+            choices={"noise_schedule": SCHEDULES, "prediction": ("eps", "v")},
+            positive=("steps",),
+            fractions=("high_noise_fraction",),
+        )
         if not float(self.mse_weight_max) >= 1.0:
             raise ValueError(
                 "diffusion.mse_weight_max must be >= 1 (1 = GLIDE's unweighted loss), "
@@ -291,30 +328,20 @@ class DataSection:
     patch_size: int | None = None
 
     def validate(self) -> None:
-        _choice("data.kind", self.kind, DATA_KINDS)
+        _check_fields(
+            "data",
+            self,
+            choices={"kind": DATA_KINDS, "mask_kind": MASK_KINDS, "tokenizer": TOKENIZERS},
+            positive=("length", "low_res_size", "patch_size"),
+            non_negative=("shuffle_buffer", "num_workers"),
+            fractions=("caption_dropout", "inpaint_object_prob", "position_twins"),
+        )
         if self.kind == "folder" and not self.root:
             raise ValueError("data.root is required for data.kind: folder (a folder of images)")
         if self.kind == "shards" and not self.shards:
             raise ValueError(
                 "data.shards is required for data.kind: shards (e.g. 'data/{000000..000009}.tar')"
             )
-        _positive("data.length", self.length)
-        if self.caption_dropout is not None and not 0 <= self.caption_dropout <= 1:
-            raise ValueError(f"data.caption_dropout must be in [0, 1], got {self.caption_dropout}")
-        if self.low_res_size is not None:
-            _positive("data.low_res_size", self.low_res_size)
-        _choice("data.mask_kind", self.mask_kind, ("mixed", "box", "brush"))
-        if not 0 <= float(self.inpaint_object_prob) <= 1:
-            raise ValueError(
-                f"data.inpaint_object_prob must be in [0, 1], got {self.inpaint_object_prob}"
-            )
-        if not 0 <= float(self.position_twins) <= 1:
-            raise ValueError(f"data.position_twins must be in [0, 1], got {self.position_twins}")
-        _choice("data.tokenizer", self.tokenizer, TOKENIZERS)
-        _positive("data.shuffle_buffer", self.shuffle_buffer, zero_ok=True)
-        _positive("data.num_workers", self.num_workers, zero_ok=True)
-        if self.patch_size is not None:
-            _positive("data.patch_size", self.patch_size)
 
 
 @dataclass
@@ -337,16 +364,16 @@ class OptimSection:
     ema_warmup: bool = True
 
     def validate(self) -> None:
-        _positive("optim.lr", self.lr)
-        _positive("optim.weight_decay", self.weight_decay, zero_ok=True)
+        _check_fields(
+            "optim",
+            self,
+            choices={"schedule": ("constant", "cosine")},
+            positive=("lr", "eps"),
+            non_negative=("weight_decay", "warmup_steps", "grad_clip"),
+            fractions=("min_lr_ratio",),
+        )
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
-        _positive("optim.eps", self.eps)
-        _positive("optim.warmup_steps", self.warmup_steps, zero_ok=True)
-        _choice("optim.schedule", self.schedule, ("constant", "cosine"))
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        _positive("optim.grad_clip", self.grad_clip, zero_ok=True)
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"optim.ema_decay must be in [0, 1), got {self.ema_decay}")
 
@@ -376,17 +403,15 @@ class TrainSection:
     progress: bool = True
 
     def validate(self) -> None:
-        _positive("train.steps", self.steps)
-        _positive("train.batch_size", self.batch_size)
-        _positive("train.grad_accum", self.grad_accum)
-        _choice("train.precision", self.precision, PRECISIONS)
-        _choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        _check_fields(
+            "train",
+            self,
+            choices={"precision": PRECISIONS, "device": ("auto", "cpu", "cuda")},
+            positive=("steps", "batch_size", "grad_accum", "threads"),
+            non_negative=("log_every", "checkpoint_every"),
+        )
         if not self.out_dir:
             raise ValueError("train.out_dir must name a folder")
-        _positive("train.log_every", self.log_every, zero_ok=True)
-        _positive("train.checkpoint_every", self.checkpoint_every, zero_ok=True)
-        if self.threads is not None:
-            _positive("train.threads", self.threads)
 
 
 @dataclass
@@ -395,8 +420,9 @@ class SampleSection:
 
     every: steps between grids (0 = only at the end, -1 = never). prompts: captions to sample
     (empty = captions of fixed dataset items; upsamplers/inpainters always use fixed items for
-    their low-res/masked inputs). steps: timestep respacing ("25", "ddim25", ...).
-    sampler: ancestral | ddim. guidance_scale: classifier-free guidance scale (1 = none).
+    their low-res/masked inputs). steps: timestep respacing ("25", "ddim25", "karras25", ...).
+    sampler: a name of :data:`glidekit.diffusion.SAMPLERS` (ancestral, ddim, dpm++2m).
+    guidance_scale: classifier-free guidance scale (1 = none).
     """
 
     every: int = 500
@@ -410,21 +436,52 @@ class SampleSection:
     def validate(self) -> None:
         if self.every < -1:
             raise ValueError(f"sample.every must be >= -1, got {self.every}")
-        _positive("sample.count", self.count)
-        _choice("sample.sampler", self.sampler, ("ancestral", "ddim"))
+        _check_fields("sample", self, choices={"sampler": tuple(SAMPLERS)}, positive=("count",))
         if not self.steps:
             raise ValueError("sample.steps must be a respacing string such as '25' or 'ddim25'")
 
 
 @dataclass
 class ExportSection:
-    """``export``: the EMA weights as a glidekit model file, written at the end of training."""
+    """``export``: the EMA weights as a glidekit model file, written at the end of training.
+
+    dtype: fp32 | fp16 | bf16, the weights' type in the file. path: the file, relative to
+    ``train.out_dir`` (or absolute).
+    sampling: diffusion models only: the model's own sampling defaults, written into the file
+    (``glidekit.checkpoints.modelfile.save_unet(sampling=...)``), which every face (Python,
+    CLI, web) uses where the user gives no value: a mapping of pipeline option -> value, e.g.
+    ``{guidance_scale: 3.0, steps: karras25, sampler: dpm++2m}`` (the options of
+    :mod:`glidekit.pipelines.options`, such as ``guidance``, ``guidance_scale``, ``steps``,
+    ``sampler``, ``upsample_steps``). At most 64 options; each value a finite number, a string
+    or true/false. ``null`` (the default): none, so GLIDE's defaults apply.
+    """
 
     dtype: str = "fp32"
     path: str = "export.safetensors"
+    sampling: dict[str, Any] | None = None
 
     def validate(self) -> None:
         _choice("export.dtype", self.dtype, ("fp32", "fp16", "bf16"))
+        if self.sampling is None:
+            return
+        if not isinstance(self.sampling, Mapping):
+            raise ValueError(
+                "export.sampling must be a mapping of sampling option -> value (e.g. "
+                f"{{guidance_scale: 3.0, steps: karras25}}), got {self.sampling!r}"
+            )
+        if len(self.sampling) > MAX_SAMPLING_OPTIONS:
+            raise ValueError(f"export.sampling: at most {MAX_SAMPLING_OPTIONS} options")
+        for key, value in self.sampling.items():
+            if not isinstance(key, str) or not key.isidentifier():
+                raise ValueError(
+                    f"export.sampling: {key!r} is not an option name (such as guidance_scale)"
+                )
+            plain = isinstance(value, (str, int, float)) and len(str(value)) <= 200
+            if not plain or (isinstance(value, float) and not math.isfinite(value)):
+                raise ValueError(
+                    f"export.sampling.{key}: {value!r} is not a finite number, a string (of at "
+                    "most 200 characters) or true/false"
+                )
 
 
 @dataclass
@@ -477,6 +534,11 @@ class TrainConfig:
                 "data.position_twins is for CLIP models (model.kind clip) on the shapes world "
                 f"(data.kind shapes); this is {self.model.kind} on {self.data.kind}: remove it"
             )
+        if self.model.kind == "clip" and self.export.sampling is not None:
+            raise ValueError(
+                "export.sampling holds a diffusion model's sampling defaults; remove it for "
+                "model.kind: clip"
+            )
         if self.model.kind == "clip" and self.model.init not in (None, "clip"):
             path = Path(self.model.init)
             if not path.is_file():
@@ -509,23 +571,31 @@ class TrainConfig:
 
 
 def set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``d[a][b] = value`` for ``dotted = "a.b"`` (creating sections as needed)."""
+    """Set ``d[a][b] = value`` for ``dotted = "a.b"``, ``d[a][b][c] = value`` for "a.b.c" (a
+    key of a mapping such as ``export.sampling``), creating mappings as needed."""
     parts = dotted.split(".")
-    if len(parts) != 2 or not all(parts):
+    if len(parts) < 2 or not all(parts):
         raise ValueError(
             f"override {dotted!r}: expected section.key=value (e.g. optim.lr=1e-4); "
             f"sections: model, {', '.join(TrainConfig.SECTIONS)}"
         )
-    section, key = parts
+    section = parts[0]
     if section not in ("model", *TrainConfig.SECTIONS):
         raise ValueError(
             f"override {dotted!r}: unknown section {section!r}"
             f"{_suggest(section, ['model', *TrainConfig.SECTIONS])}"
         )
-    target = d.setdefault(section, {})
-    if target is None:
-        target = d[section] = {}
-    target[key] = value
+    target = d
+    for i, part in enumerate(parts[:-1]):
+        if target.get(part) is None:
+            target[part] = {}
+        target = target[part]
+        if not isinstance(target, dict):
+            raise ValueError(
+                f"override {dotted!r}: {'.'.join(parts[: i + 1])} is not a mapping; "
+                f"set it as {'.'.join(parts[: i + 1])}=value"
+            )
+    target[parts[-1]] = value
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -574,6 +644,48 @@ def load_config(
     return TrainConfig.from_dict(data)
 
 
+def _same_or_nested(a: str, b: str) -> bool:
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def merge_overrides(remembered: Sequence[str], given: Sequence[str]) -> list[str]:
+    """A resumed run's overrides: the ``remembered`` ones (those it was started with) whose
+    key is not given again, then the ``given`` ones (``train.steps=20`` given again replaces
+    ``train.steps=10``; ``export.sampling=...`` replaces ``export.sampling.steps=...``)."""
+    keys = [parse_override(o)[0] for o in given]
+    kept = [
+        o for o in remembered if not any(_same_or_nested(parse_override(o)[0], k) for k in keys)
+    ]
+    return [*kept, *given]
+
+
+def load_run_config(
+    source: str | os.PathLike | Mapping[str, Any] | None,
+    overrides: Sequence[str] = (),
+    *,
+    resume: bool | str | os.PathLike = False,
+) -> tuple[TrainConfig, list[str]]:
+    """The config of a run to start or to continue, and the overrides it is built with.
+
+    Starting (``resume=False``): :func:`load_config` of ``source`` and ``overrides``.
+    Resuming (``True``: ``<train.out_dir>/checkpoint.pt``; or a checkpoint path): ``source`` is
+    read again and the overrides recorded in the checkpoint (those the run was started with)
+    are applied before ``overrides``, see :func:`merge_overrides`. Give the returned overrides
+    to :class:`~glidekit.train.Trainer` so the next checkpoint records them.
+    """
+    given = list(overrides)
+    config = load_config(source, given)
+    if not resume:
+        return config, given
+    path = Path(config.train.out_dir) / CHECKPOINT_NAME if resume is True else Path(resume)
+    merged = merge_overrides(read_checkpoint_overrides(path), given)
+    if merged == given:
+        return config, given
+    reused = [o for o in merged if o not in given]
+    logger.info("resume: the run's overrides %s apply again (give a key to change it)", reused)
+    return load_config(source, merged), merged
+
+
 __all__ = [
     "DataSection",
     "DiffusionSection",
@@ -584,6 +696,8 @@ __all__ = [
     "TrainConfig",
     "TrainSection",
     "load_config",
+    "load_run_config",
+    "merge_overrides",
     "parse_override",
     "read_config_file",
 ]

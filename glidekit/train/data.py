@@ -18,7 +18,7 @@ import itertools
 import logging
 import random
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
@@ -26,33 +26,38 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from glidekit.data import (
     ImageFolderDataset,
     ShapesDataset,
-    ShapesTokenizer,
     TarShardDataset,
     make_inpaint_example,
     make_low_res,
     random_mask,
 )
-from glidekit.data.shapes import (
-    POSITIONS,
-    ShapeScene,
-    ShapesClipTokenizer,
-    canonical_caption,
-    generate,
-    random_scene,
-)
+from glidekit.data.shapes import POSITIONS, ShapeScene, canonical_caption, generate, random_scene
 from glidekit.data.transforms import to_tensor
-from glidekit.tokenizer import GPT2Tokenizer, Tokenizer
+from glidekit.tokenizer import (
+    ClipTokenizer,
+    GPT2Tokenizer,
+    ShapesClipTokenizer,
+    ShapesTokenizer,
+    Tokenizer,
+)
 from glidekit.train.config import DataSection
 
 logger = logging.getLogger(__name__)
 
 
+def tokenizer_name(data: DataSection, model_kind: str) -> str:
+    """``data.tokenizer`` with ``auto`` resolved: the shapes world's for shapes data, CLIP BPE
+    for CLIP models, GPT-2 otherwise."""
+    if data.tokenizer != "auto":
+        return data.tokenizer
+    if data.kind == "shapes":
+        return "shapes"
+    return "clip" if model_kind == "clip" else "gpt2"
+
+
 def make_tokenizer(data: DataSection, model_kind: str, text_ctx: int) -> Any:
-    """The tokenizer named by ``data.tokenizer`` (``auto``: shapes world's for shapes data,
-    CLIP BPE for CLIP models, GPT-2 otherwise)."""
-    name = data.tokenizer
-    if name == "auto":
-        name = "shapes" if data.kind == "shapes" else ("clip" if model_kind == "clip" else "gpt2")
+    """The tokenizer named by ``data.tokenizer`` (see :func:`tokenizer_name`)."""
+    name = tokenizer_name(data, model_kind)
     if name == "shapes":
         return ShapesTokenizer(text_ctx=text_ctx)
     if name == "gpt2":
@@ -65,8 +70,6 @@ def make_tokenizer(data: DataSection, model_kind: str, text_ctx: int) -> Any:
         raise ValueError(
             "data.tokenizer: clip only applies to model.kind: clip; use gpt2 or shapes"
         )
-    from glidekit.clip import ClipTokenizer
-
     return ClipTokenizer()
 
 
@@ -111,8 +114,72 @@ def _loader_generator(*parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-class MapStream:
+class _Stream:
+    """What both streams share: batches from a DataLoader iterator that is (re)started at the
+    recorded position (``epoch``, ``pos``: samples of the epoch already handed out), shut down
+    on :meth:`close`. Subclasses say how to start an epoch's iterator (:meth:`_start`), and
+    under which names the checkpoint records them (``KIND``, ``POS_KEY``)."""
+
+    KIND: ClassVar[int]
+    POS_KEY: ClassVar[str]
+
+    def __init__(
+        self, dataset: Any, batch_size: int, *, seed: int = 0, rank: int = 0, num_workers: int = 0
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.num_workers = num_workers
+        self.epoch = 0
+        self.pos = 0
+        self._it: Iterator[dict] | None = None
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _advance(self) -> None:
+        self.pos += 1
+
+    def _end_epoch(self) -> None:
+        self.epoch += 1
+        self.pos = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"kind": self.KIND, "epoch": self.epoch, self.POS_KEY: self.pos}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.pos = int(state["epoch"]), int(state[self.POS_KEY])
+        self._it = None
+
+    def next_batch(self) -> list[dict]:
+        """The next ``batch_size`` samples of this rank (crossing epochs as needed)."""
+        out: list[dict] = []
+        while len(out) < self.batch_size:
+            if self._it is None:
+                self._start()
+            try:
+                out.append(next(self._it))  # type: ignore[arg-type]
+            except StopIteration:
+                self._end_epoch()
+                self._it = None
+                continue
+            self._advance()
+        return out
+
+    def close(self) -> None:
+        """Drop the DataLoader iterator now (its worker processes, if any, are shut down)."""
+        it, self._it = self._it, None
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        del it
+
+
+class MapStream(_Stream):
     """Resumable per-rank batches from a map-style dataset (see the module docstring)."""
+
+    KIND, POS_KEY = 0, "index"
 
     def __init__(
         self,
@@ -124,20 +191,13 @@ class MapStream:
         world_size: int = 1,
         num_workers: int = 0,
     ) -> None:
-        self.dataset = dataset
+        super().__init__(dataset, batch_size, seed=seed, rank=rank, num_workers=num_workers)
         self.n = len(dataset)  # type: ignore[arg-type]
         if self.n < world_size:
             raise ValueError(
                 f"data: {self.n} items cannot be split over {world_size} processes; add data"
             )
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
         self.world_size = world_size
-        self.num_workers = num_workers
-        self.epoch = 0
-        self.index = 0
-        self._it: Iterator[dict] | None = None
 
     def _indices(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
@@ -149,7 +209,7 @@ class MapStream:
     def _start(self) -> None:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(self.epoch)
-        order = self._indices()[self.index :]
+        order = self._indices()[self.pos :]
         self._it = iter(
             DataLoader(
                 self.dataset,
@@ -161,56 +221,17 @@ class MapStream:
             )
         )
 
-    def next_batch(self) -> list[dict]:
-        out: list[dict] = []
-        while len(out) < self.batch_size:
-            if self._it is None:
-                self._start()
-            try:
-                out.append(next(self._it))  # type: ignore[arg-type]
-                self.index += 1
-            except StopIteration:
-                self.epoch += 1
-                self.index = 0
-                self._it = None
-        return out
 
-    def state_dict(self) -> dict[str, int]:
-        return {"kind": 0, "epoch": self.epoch, "index": self.index}
+class IterableStream(_Stream):
+    """Resumable per-rank batches from an iterable dataset (tar shards); a resumed epoch skips
+    the samples already handed out."""
 
-    def close(self) -> None:
-        """Drop the DataLoader iterator now (its worker processes, if any, are shut down)."""
-        it, self._it = self._it, None
-        shutdown = getattr(it, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
-        del it
+    KIND, POS_KEY = 1, "consumed"
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
-        self._it = None
-
-
-class IterableStream:
-    """Resumable per-rank batches from an iterable dataset (tar shards)."""
-
-    def __init__(
-        self,
-        dataset: IterableDataset,
-        batch_size: int,
-        *,
-        seed: int = 0,
-        rank: int = 0,
-        num_workers: int = 0,
-    ) -> None:
-        self.dataset = dataset
-        self.seed = seed
-        self.rank = rank
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.epoch = 0
-        self.consumed = 0
-        self._it: Iterator[dict] | None = None
+    def __init__(self, dataset: IterableDataset, batch_size: int, **options: int) -> None:
+        """``options``: ``seed``, ``rank``, ``num_workers`` (see :class:`MapStream`)."""
+        super().__init__(dataset, batch_size, **options)
+        self._empty_epochs = 0  # epochs in a row that held no sample (two: give up)
 
     def _start(self) -> None:
         if hasattr(self.dataset, "set_epoch"):
@@ -223,52 +244,28 @@ class IterableStream:
             generator=_loader_generator(self.seed, self.epoch, self.rank),
         )
         it = iter(loader)
-        if self.consumed:
-            skipped = sum(1 for _ in itertools.islice(it, self.consumed))
-            if skipped < self.consumed:
+        if self.pos:
+            skipped = sum(1 for _ in itertools.islice(it, self.pos))
+            if skipped < self.pos:
                 raise ValueError(
-                    f"data: cannot resume at sample {self.consumed} of epoch {self.epoch}: the "
+                    f"data: cannot resume at sample {self.pos} of epoch {self.epoch}: the "
                     f"stream holds only {skipped}; did data.shards change?"
                 )
         self._it = it
 
-    def next_batch(self) -> list[dict]:
-        out: list[dict] = []
-        empty_epochs = 0
-        while len(out) < self.batch_size:
-            if self._it is None:
-                self._start()
-            try:
-                out.append(next(self._it))  # type: ignore[arg-type]
-                self.consumed += 1
-                empty_epochs = 0
-            except StopIteration:
-                if self.consumed == 0:
-                    empty_epochs += 1
-                    if empty_epochs > 1:
-                        raise ValueError(
-                            "data.shards: this process's share of the shards holds no readable "
-                            "samples; add shards or samples"
-                        ) from None
-                self.epoch += 1
-                self.consumed = 0
-                self._it = None
-        return out
+    def _advance(self) -> None:
+        super()._advance()
+        self._empty_epochs = 0
 
-    def state_dict(self) -> dict[str, int]:
-        return {"kind": 1, "epoch": self.epoch, "consumed": self.consumed}
-
-    def close(self) -> None:
-        """Drop the DataLoader iterator now (its worker processes, if any, are shut down)."""
-        it, self._it = self._it, None
-        shutdown = getattr(it, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
-        del it
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch, self.consumed = int(state["epoch"]), int(state["consumed"])
-        self._it = None
+    def _end_epoch(self) -> None:
+        if self.pos == 0:
+            self._empty_epochs += 1
+            if self._empty_epochs > 1:
+                raise ValueError(
+                    "data.shards: this process's share of the shards holds no readable "
+                    "samples; add shards or samples"
+                )
+        super()._end_epoch()
 
 
 def make_stream(
@@ -426,6 +423,7 @@ __all__ = [
     "make_dataset",
     "make_stream",
     "make_tokenizer",
+    "tokenizer_name",
     "reference_items",
     "tokenize_for_clip",
     "tokenize_shapes_for_clip",

@@ -3,6 +3,9 @@
 :func:`build_app` (a ``gr.Blocks`` for a :class:`WebConfig`) and :func:`launch` need the
 ``web`` extra (``pip install glidekit[web]``); :mod:`glidekit.web.jobs` (limits, input checks,
 running the pipelines) does not.
+
+Layer: a face, like the command line: imports :mod:`glidekit.pipelines` and everything below
+it; never :mod:`glidekit.cli`, :mod:`glidekit.train` or :mod:`glidekit.compat`.
 """
 
 from glidekit.web.jobs import InputError, JobResult, Jobs, Limits, WebConfig

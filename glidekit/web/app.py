@@ -12,12 +12,16 @@ with the image and mask as uploaded files (``gradio_client.handle_file``).
 """
 
 import functools
+import inspect
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from PIL import Image, ImageChops
+
+from glidekit.pipelines import available_samplers
 from glidekit.web.jobs import (
     CancelFlags,
     InputError,
@@ -25,6 +29,7 @@ from glidekit.web.jobs import (
     JobResult,
     Jobs,
     WebConfig,
+    binary_mask,
     mask_from_layers,
     open_image,
     step_callback,
@@ -34,6 +39,15 @@ from glidekit.web.jobs import (
 logger = logging.getLogger(__name__)
 
 DEVICE_GROUP = "device"  # the concurrency group every sampling job runs in
+
+#: The settings every job takes after its prompt, with their types: the page's controls and the
+#: API endpoints' last arguments, in this order.
+SETTINGS: dict[str, Any] = {"num_images": float, "guidance_scale": float, "steps": str,
+                            "sampler": str, "seed": float | None, "random_seed": bool,
+                            "upsample": bool}  # fmt: skip
+
+#: A job's results on the page: the gallery ((PNG, caption) pairs), the seed used, the PNGs.
+Outputs = tuple[list[tuple[str, str]], int | None, list[str]]
 
 _CSS = """
 #glidekit-models { font-size: 0.9em; }
@@ -54,159 +68,115 @@ def prepare_environment(config: WebConfig) -> None:
 def build_app(config: WebConfig, jobs: Jobs | None = None) -> Any:
     """The web app (a ``gr.Blocks``) for ``config``; ``jobs``: reuse already built pipelines."""
     prepare_environment(config)
+    # gradio is optional (the ``web`` extra) and reads GRADIO_TEMP_DIR when imported: so it is
+    # imported here, after prepare_environment, never at module level.
     import gradio as gr
 
-    from glidekit.pipelines import available_samplers
+    return _App(config, jobs or Jobs(config), gr).build()
 
-    jobs = jobs or Jobs(config)
-    lim = config.limits
-    roots = [Path(config.workdir)]
-    samplers = available_samplers()
 
-    def refuse(exc: Exception) -> gr.Error:
-        return gr.Error(str(exc), title="Request refused")
+class _App:
+    """Builds one ``gr.Blocks``: the page's parts, and the job handlers behind its buttons.
 
-    def guarded(fn: Any) -> Any:
-        """Turn unexpected failures into a short message for the user (details in the log)."""
+    ``gr`` is the gradio module (imported by :func:`build_app`); ``cancels`` holds one cancel
+    flag per browser session, set by that session's Cancel buttons.
+    """
 
-        @functools.wraps(fn)
-        def run(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(*args, **kwargs)
-            except gr.Error:
-                raise
-            except Exception as exc:
-                logger.exception("job failed")
-                raise gr.Error(
-                    f"The server could not run this job ({type(exc).__name__}); "
-                    "the details are in the server log.",
-                    title="Server error",
-                ) from None
+    def __init__(self, config: WebConfig, jobs: Jobs, gr: Any) -> None:
+        self.config = config
+        self.jobs = jobs
+        self.limits = config.limits
+        self.gr = gr
+        self.roots = [Path(config.workdir)]
+        self.samplers = available_samplers()
+        self.cancels = CancelFlags()
 
-        return run
-
-    def image_upload(value: Any, name: str):
-        return open_image(upload_path(value, roots, name), lim, name)
-
-    def outputs(result: JobResult) -> tuple[list[tuple[str, str]], int, list[str]]:
-        gallery = [(str(p), f"seed {result.seed} #{i}") for i, p in enumerate(result.paths)]
-        return gallery, result.seed, [str(p) for p in result.paths]
-
-    cancels = CancelFlags()
-
-    def live(request: gr.Request | None, progress: Any) -> Callable[[str, int, int], None]:
-        """Per-step progress for the page, and the stop for this session's Cancel button."""
-        flag = cancels.start(request.session_hash) if request and request.session_hash else None
-
-        def report(stage: str, step: int, total: int) -> None:
-            progress((step, total), desc=f"{stage}", unit="steps")
-
-        return step_callback(flag, report)
-
-    def cancel(request: gr.Request) -> None:
-        if request and request.session_hash:
-            cancels.cancel(request.session_hash)
-
-    def generate(
-        prompt: str,
-        num_images: float,
-        guidance_scale: float,
-        steps: str,
-        sampler: str,
-        seed: float | None,
-        random_seed: bool,
-        upsample: bool,
-        request: gr.Request,
-        progress: Any = gr.Progress(),  # noqa: B008 (gradio's idiom)
-    ) -> tuple[list[tuple[str, str]], int, list[str]]:
-        """Text to image: a gallery of PNGs (with their parameters), the seed used, the files."""
-        progress(0, desc="Starting")
-        try:
-            result = jobs.generate(
-                prompt, num_images, guidance_scale, steps, sampler, seed, random_seed, upsample,
-                status=lambda text: progress(0, desc=text), callback=live(request, progress),
-            )  # fmt: skip
-        except InputError as exc:
-            raise refuse(exc) from None
-        except JobCancelled:
-            return [], None, []
-        return outputs(result)
-
-    def run_inpaint(image: Any, mask: Any, painted: list[Any], prompt: str, *rest: Any,
-                    status: Any = None, callback: Any = None) -> tuple:  # fmt: skip
-        try:
-            picture = image_upload(image, "Image")
-            layers = [image_upload(p, "Brush layer") for p in painted]
-            brush = mask_from_layers(layers, picture.size) if layers else None
-            uploaded = image_upload(mask, "Mask") if mask else None
-            if uploaded is not None and uploaded.size != picture.size:
-                raise InputError(
-                    f"Mask size {uploaded.size[0]}x{uploaded.size[1]} does not match the image "
-                    f"size {picture.size[0]}x{picture.size[1]}."
-                )
-            combined = _union(brush, uploaded)
-            result = jobs.inpaint(
-                picture, combined, prompt, *rest, status=status, callback=callback
+    # ------------------------------------------------------------------ the page
+    def build(self) -> Any:
+        """The ``gr.Blocks``: a header, the models and limits, then the two tabs."""
+        gr, config = self.gr, self.config
+        with gr.Blocks(title=config.title, delete_cache=(600, int(config.output_ttl_s))) as demo:
+            gr.Markdown(
+                f"# {config.title}\nText-guided diffusion (GLIDE, arXiv 2112.10741). "
+                "Jobs run one at a time; when others are waiting you see your place in the queue."
             )
-        except InputError as exc:
-            raise refuse(exc) from None
-        except JobCancelled:
-            return None, None, [], None, []
-        gallery, seed, files = outputs(result)
-        return str(result.source), str(result.mask), gallery, seed, files
+            gr.Markdown(self.jobs.describe(), elem_id="glidekit-models")
+            with gr.Tabs():
+                with gr.Tab("Generate", id="generate"):
+                    self._generate_tab()
+                with gr.Tab("Inpaint", id="inpaint"):
+                    self._inpaint_tab()
+        return demo
 
-    def inpaint_page(
-        editor: dict | None,
-        mask: str | None,
-        prompt: str,
-        num_images: float,
-        guidance_scale: float,
-        steps: str,
-        sampler: str,
-        seed: float | None,
-        random_seed: bool,
-        upsample: bool,
-        request: gr.Request,
-        progress: Any = gr.Progress(),  # noqa: B008
-    ) -> tuple:
-        """Inpainting from the editor: its background, the painted layers and/or a mask."""
-        progress(0, desc="Starting")
-        editor = editor or {}
-        background = editor.get("background")
-        if not background:
-            raise gr.Error("Image: please upload a picture first.", title="Request refused")
-        painted = [p for p in (editor.get("layers") or []) if p]
-        return run_inpaint(background, mask, painted, prompt, num_images, guidance_scale, steps,
-                           sampler, seed, random_seed, upsample,
-                           status=lambda text: progress(0, desc=text),
-                           callback=live(request, progress))  # fmt: skip
+    def _generate_tab(self) -> None:
+        """Prompt and settings on the left, results on the right; the ``generate`` endpoint."""
+        gr = self.gr
+        with gr.Row():
+            with gr.Column():
+                prompt = self._prompt("gen", "an oil painting of a corgi")
+                controls = self._controls("generate")
+                run, stop = self._buttons("gen", "Generate")
+            with gr.Column():
+                outputs = self._results("gen")
+        event = self._on_click(run, self.generate, [prompt, *controls], outputs,
+                               api_name="generate")  # fmt: skip
+        self._cancel_on(stop, event)
 
-    def inpaint_api(
-        image: str | None,
-        mask: str | None,
-        prompt: str,
-        num_images: float,
-        guidance_scale: float,
-        steps: str,
-        sampler: str,
-        seed: float | None,
-        random_seed: bool,
-        upsample: bool,
-        request: gr.Request,
-        progress: Any = gr.Progress(),  # noqa: B008
-    ) -> tuple:
-        """Inpainting from files: the image and a mask (white = replace, same size)."""
-        progress(0, desc="Starting")
-        if not image:
-            raise gr.Error("Image: please upload a picture.", title="Request refused")
-        if not mask:
-            raise gr.Error("Mask: please upload a mask (white = replace).", title="Request refused")
-        return run_inpaint(image, mask, [], prompt, num_images, guidance_scale, steps, sampler,
-                           seed, random_seed, upsample,
-                           status=lambda text: progress(0, desc=text),
-                           callback=live(request, progress))  # fmt: skip
+    def _inpaint_tab(self) -> None:
+        """An image editor (paint the region to replace) and/or an uploaded mask, settings on
+        the left, the source and mask as the model saw them and the results on the right; a
+        hidden row holds the ``inpaint`` endpoint's file inputs."""
+        gr = self.gr
+        with gr.Row():
+            with gr.Column():
+                editor = gr.ImageEditor(
+                    label="Image: upload, then paint the region to replace",
+                    type="filepath",
+                    sources=["upload"],
+                    image_mode="RGBA",
+                    brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"),
+                    transforms=(),
+                    layers=False,
+                    elem_id="inp-editor",
+                )
+                mask = gr.Image(
+                    label="Or upload a mask (white = replace; same size as the image)",
+                    type="filepath",
+                    sources=["upload"],
+                    elem_id="inp-mask",
+                )
+                prompt = self._prompt("inp", "a corgi wearing a hat")
+                controls = self._controls("inpaint")
+                run, stop = self._buttons("inp", "Inpaint")
+            with gr.Column():
+                with gr.Row():
+                    source = gr.Image(label="Source", interactive=False, format="png", height=220,
+                                      elem_id="inp-source")  # fmt: skip
+                    mask_out = gr.Image(label="Mask", interactive=False, format="png", height=220,
+                                        elem_id="inp-mask-out")  # fmt: skip
+                outputs = [source, mask_out, *self._results("inp")]
+        event = self._on_click(run, self.inpaint_page, [editor, mask, prompt, *controls],
+                               outputs, api_visibility="private")  # fmt: skip
+        self._cancel_on(stop, event)
 
-    def controls(job: str) -> list[Any]:
+        # The API endpoint: plain uploaded files instead of the editor's layers.
+        with gr.Row(visible=False):
+            image_file = gr.File(label="image", type="filepath", file_types=None)
+            mask_file = gr.File(label="mask", type="filepath", file_types=None)
+            api_run = gr.Button("inpaint (API)")
+        self._on_click(api_run, self.inpaint_api, [image_file, mask_file, prompt, *controls],
+                       outputs, api_name="inpaint")  # fmt: skip
+
+    def _prompt(self, prefix: str, placeholder: str) -> Any:
+        """The prompt box (at most ``max_prompt_chars``), elem_id ``<prefix>-prompt``."""
+        return self.gr.Textbox(
+            label="Prompt", placeholder=placeholder, max_lines=3,
+            max_length=self.limits.max_prompt_chars, elem_id=f"{prefix}-prompt",
+        )  # fmt: skip
+
+    def _controls(self, job: str) -> list[Any]:
+        """The :data:`SETTINGS` widgets for ``job`` (generate, inpaint), in that order."""
+        gr, lim, jobs = self.gr, self.limits, self.jobs
         with gr.Row():
             num = gr.Slider(1, lim.max_images, value=1, step=1, label="Number of images")
             scale = gr.Slider(0.0, min(lim.max_guidance, 20.0),
@@ -220,125 +190,195 @@ def build_app(config: WebConfig, jobs: Jobs | None = None) -> Any:
                 max_lines=1,
                 max_length=64,
             )
-            sampler = gr.Dropdown(samplers, value=config.default_sampler, label="Sampler")
+            sampler = gr.Dropdown(self.samplers, value=self.config.default_sampler, label="Sampler")
         with gr.Row():
             seed = gr.Number(value=0, precision=0, minimum=0, maximum=2**31 - 1, label="Seed")
             random_seed = gr.Checkbox(value=True, label="Random seed")
             upsample = gr.Checkbox(value=True, label="Upsample (second stage)")
         return [num, scale, steps, sampler, seed, random_seed, upsample]
 
-    with gr.Blocks(title=config.title, delete_cache=(600, int(config.output_ttl_s))) as demo:
-        gr.Markdown(
-            f"# {config.title}\nText-guided diffusion (GLIDE, arXiv 2112.10741). "
-            "Jobs run one at a time; when others are waiting you see your place in the queue."
+    def _buttons(self, prefix: str, label: str) -> tuple[Any, Any]:
+        """The run and Cancel buttons, side by side."""
+        gr = self.gr
+        with gr.Row():
+            run = gr.Button(label, variant="primary", elem_id=f"{prefix}-run")
+            stop = gr.Button("Cancel", variant="stop", elem_id=f"{prefix}-cancel")
+        return run, stop
+
+    def _results(self, prefix: str) -> list[Any]:
+        """The widgets for :data:`Outputs`: gallery, seed used, PNG files."""
+        gr = self.gr
+        gallery = gr.Gallery(label="Results", format="png", columns=2,
+                             elem_id=f"{prefix}-gallery", interactive=False)  # fmt: skip
+        seed = gr.Number(label="Seed used", precision=0, interactive=False,
+                         elem_id=f"{prefix}-seed")  # fmt: skip
+        files = gr.File(label="PNG files (with parameters)", file_count="multiple",
+                        interactive=False, elem_id=f"{prefix}-files")  # fmt: skip
+        return [gallery, seed, files]
+
+    # ------------------------------------------------------------------ events
+    def _on_click(self, button: Any, handler: Callable[..., Any], inputs: list[Any],
+                  outputs: list[Any], **kwargs: Any) -> Any:  # fmt: skip
+        """Run ``handler`` (as :meth:`_endpoint` makes it) on a click, in the device's
+        concurrency group, with its progress shown on the results gallery."""
+        gallery = next(o for o in outputs if isinstance(o, self.gr.Gallery))
+        return button.click(
+            self._endpoint(handler),
+            inputs,
+            outputs,
+            **kwargs,
+            show_progress_on=gallery,
+            concurrency_id=DEVICE_GROUP,
+            concurrency_limit=1,
         )
-        gr.Markdown(jobs.describe(), elem_id="glidekit-models")
-        with gr.Tabs():
-            with gr.Tab("Generate", id="generate"):
-                with gr.Row():
-                    with gr.Column():
-                        g_prompt = gr.Textbox(
-                            label="Prompt", placeholder="an oil painting of a corgi",
-                            max_lines=3, max_length=lim.max_prompt_chars, elem_id="gen-prompt",
-                        )  # fmt: skip
-                        g_controls = controls("generate")
-                        with gr.Row():
-                            g_run = gr.Button("Generate", variant="primary", elem_id="gen-run")
-                            g_stop = gr.Button("Cancel", variant="stop", elem_id="gen-cancel")
-                    with gr.Column():
-                        g_gallery = gr.Gallery(label="Results", format="png", columns=2,
-                                               elem_id="gen-gallery", interactive=False)  # fmt: skip
-                        g_seed = gr.Number(label="Seed used", precision=0, interactive=False,
-                                           elem_id="gen-seed")  # fmt: skip
-                        g_files = gr.File(label="PNG files (with parameters)", file_count="multiple",
-                                          interactive=False, elem_id="gen-files")  # fmt: skip
-                g_event = g_run.click(
-                    guarded(generate),
-                    [g_prompt, *g_controls],
-                    [g_gallery, g_seed, g_files],
-                    api_name="generate",
-                    show_progress_on=g_gallery,
-                    concurrency_id=DEVICE_GROUP,
-                    concurrency_limit=1,
+
+    def _endpoint(self, handler: Callable[..., Any]) -> Callable[..., Any]:
+        """``handler(*inputs, *settings, request=, progress=)`` as Gradio calls it, turning
+        unexpected failures into a short message for the user (details in the log).
+
+        Gradio reads the API's argument names from the function's signature (here the
+        handler's own positional parameters, then the :data:`SETTINGS`), and passes the request
+        and the progress tracker only to parameters annotated ``gr.Request`` and defaulting to
+        ``gr.Progress()``: so the signature is made here, where gradio is imported.
+        """
+        gr = self.gr
+        plain = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        own = [p for p in inspect.signature(handler).parameters.values() if p.kind == plain]
+        signature = inspect.Signature(
+            [*own, *(inspect.Parameter(name, plain, annotation=kind)
+                     for name, kind in SETTINGS.items()),
+             inspect.Parameter("request", plain, annotation=gr.Request),
+             inspect.Parameter("progress", plain, annotation=Any, default=gr.Progress())],
+            return_annotation=inspect.signature(handler).return_annotation,
+        )  # fmt: skip
+
+        @functools.wraps(handler)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            *inputs, request, progress = bound.arguments.values()
+            try:
+                return handler(*inputs, request=request, progress=progress)
+            except gr.Error:
+                raise
+            except Exception as exc:
+                logger.exception("job failed")
+                raise gr.Error(
+                    f"The server could not run this job ({type(exc).__name__}); "
+                    "the details are in the server log.",
+                    title="Server error",
+                ) from None
+
+        run.__signature__ = signature  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()
+                               if p.annotation is not p.empty}  # fmt: skip
+        run.__annotations__["return"] = signature.return_annotation
+        return run
+
+    def _cancel_on(self, button: Any, event: Any) -> None:
+        """``button`` cancels ``event`` (queued or running) and stops the session's sampling."""
+        button.click(self._cancel, cancels=[event], api_visibility="private")
+
+    @functools.cached_property
+    def _cancel(self) -> Callable[[Any], None]:
+        """The Cancel buttons' handler: sets the session's cancel flag. One function for all the
+        buttons (Gradio queues a handler's calls by the function's identity); made here, where
+        gradio is imported, since Gradio passes the request by the ``gr.Request`` annotation."""
+        gr = self.gr
+
+        def cancel(request: gr.Request) -> None:
+            if request and request.session_hash:
+                self.cancels.cancel(request.session_hash)
+
+        return cancel
+
+    def _live(self, request: Any, progress: Any) -> Callable[[str, int, int], None]:
+        """Per-step progress for the page, and the stop for this session's Cancel button."""
+        session = request.session_hash if request else None
+        flag = self.cancels.start(session) if session else None
+
+        def report(stage: str, step: int, total: int) -> None:
+            progress((step, total), desc=f"{stage}", unit="steps")
+
+        return step_callback(flag, report)
+
+    def _refuse(self, message: str) -> Exception:
+        return self.gr.Error(message, title="Request refused")
+
+    # ------------------------------------------------------------------ jobs
+    def generate(self, prompt: str, *settings: Any, request: Any, progress: Any) -> Outputs:
+        """Text to image: a gallery of PNGs (with their parameters), the seed used, the files."""
+        progress(0, desc="Starting")
+        try:
+            result = self.jobs.generate(prompt, *settings,
+                                        status=lambda text: progress(0, desc=text),
+                                        callback=self._live(request, progress))  # fmt: skip
+        except InputError as exc:
+            raise self._refuse(str(exc)) from None
+        except JobCancelled:
+            return [], None, []
+        return _outputs(result)
+
+    def inpaint_page(self, editor: dict | None, mask: str | None, prompt: str, *settings: Any,
+                     request: Any, progress: Any) -> tuple:  # fmt: skip
+        """Inpainting from the editor: its background, the painted layers and/or a mask."""
+        progress(0, desc="Starting")
+        editor = editor or {}
+        background = editor.get("background")
+        if not background:
+            raise self._refuse("Image: please upload a picture first.")
+        painted = [p for p in (editor.get("layers") or []) if p]
+        return self._inpaint(background, mask, painted, prompt, settings, request, progress)
+
+    def inpaint_api(self, image: str | None, mask: str | None, prompt: str, *settings: Any,
+                    request: Any, progress: Any) -> tuple:  # fmt: skip
+        """Inpainting from files: the image and a mask (white = replace, same size)."""
+        progress(0, desc="Starting")
+        if not image:
+            raise self._refuse("Image: please upload a picture.")
+        if not mask:
+            raise self._refuse("Mask: please upload a mask (white = replace).")
+        return self._inpaint(image, mask, [], prompt, settings, request, progress)
+
+    def _inpaint(self, image: Any, mask: Any, painted: list[Any], prompt: str,
+                 settings: Sequence[Any], request: Any, progress: Any) -> tuple:  # fmt: skip
+        """Inpaint ``image`` where the ``painted`` brush layers and/or the uploaded ``mask``
+        are: (source as the model saw it, mask, *:data:`Outputs`)."""
+        callback = self._live(request, progress)
+        try:
+            picture = self._open(image, "Image")
+            layers = [self._open(p, "Brush layer") for p in painted]
+            brush = mask_from_layers(layers, picture.size) if layers else None
+            uploaded = self._open(mask, "Mask") if mask else None
+            if uploaded is not None and uploaded.size != picture.size:
+                raise InputError(
+                    f"Mask size {uploaded.size[0]}x{uploaded.size[1]} does not match the image "
+                    f"size {picture.size[0]}x{picture.size[1]}."
                 )
-                g_stop.click(cancel, cancels=[g_event], api_visibility="private")
+            result = self.jobs.inpaint(picture, _union(brush, uploaded), prompt, *settings,
+                                       status=lambda text: progress(0, desc=text),
+                                       callback=callback)  # fmt: skip
+        except InputError as exc:
+            raise self._refuse(str(exc)) from None
+        except JobCancelled:
+            return None, None, [], None, []
+        return str(result.source), str(result.mask), *_outputs(result)
 
-            with gr.Tab("Inpaint", id="inpaint"):
-                with gr.Row():
-                    with gr.Column():
-                        i_editor = gr.ImageEditor(
-                            label="Image: upload, then paint the region to replace",
-                            type="filepath",
-                            sources=["upload"],
-                            image_mode="RGBA",
-                            brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"),
-                            transforms=(),
-                            layers=False,
-                            elem_id="inp-editor",
-                        )
-                        i_mask = gr.Image(
-                            label="Or upload a mask (white = replace; same size as the image)",
-                            type="filepath",
-                            sources=["upload"],
-                            elem_id="inp-mask",
-                        )
-                        i_prompt = gr.Textbox(
-                            label="Prompt", placeholder="a corgi wearing a hat", max_lines=3,
-                            max_length=lim.max_prompt_chars, elem_id="inp-prompt",
-                        )  # fmt: skip
-                        i_controls = controls("inpaint")
-                        with gr.Row():
-                            i_run = gr.Button("Inpaint", variant="primary", elem_id="inp-run")
-                            i_stop = gr.Button("Cancel", variant="stop", elem_id="inp-cancel")
-                    with gr.Column():
-                        with gr.Row():
-                            i_source = gr.Image(label="Source", interactive=False, format="png", height=220,
-                                                elem_id="inp-source")  # fmt: skip
-                            i_mask_out = gr.Image(label="Mask", interactive=False, format="png", height=220,
-                                                  elem_id="inp-mask-out")  # fmt: skip
-                        i_gallery = gr.Gallery(label="Results", format="png", columns=2,
-                                               elem_id="inp-gallery", interactive=False)  # fmt: skip
-                        i_seed = gr.Number(label="Seed used", precision=0, interactive=False,
-                                           elem_id="inp-seed")  # fmt: skip
-                        i_files = gr.File(label="PNG files (with parameters)", file_count="multiple",
-                                          interactive=False, elem_id="inp-files")  # fmt: skip
-                i_outputs = [i_source, i_mask_out, i_gallery, i_seed, i_files]
-                i_event = i_run.click(
-                    guarded(inpaint_page),
-                    [i_editor, i_mask, i_prompt, *i_controls],
-                    i_outputs,
-                    api_visibility="private",
-                    show_progress_on=i_gallery,
-                    concurrency_id=DEVICE_GROUP,
-                    concurrency_limit=1,
-                )
-                i_stop.click(cancel, cancels=[i_event], api_visibility="private")
-
-                # The API endpoint: plain uploaded files instead of the editor's layers.
-                with gr.Row(visible=False):
-                    a_image = gr.File(label="image", type="filepath", file_types=None)
-                    a_mask = gr.File(label="mask", type="filepath", file_types=None)
-                    a_run = gr.Button("inpaint (API)")
-                a_run.click(
-                    guarded(inpaint_api),
-                    [a_image, a_mask, i_prompt, *i_controls],
-                    i_outputs,
-                    api_name="inpaint",
-                    show_progress_on=i_gallery,
-                    concurrency_id=DEVICE_GROUP,
-                    concurrency_limit=1,
-                )
-    return demo
+    def _open(self, value: Any, name: str) -> Image.Image:
+        """An uploaded picture (a path in the work folder), decoded and checked."""
+        return open_image(upload_path(value, self.roots, name), self.limits, name)
 
 
-def _union(a: Any, b: Any) -> Any:
+def _outputs(result: JobResult) -> Outputs:
+    """A finished job's :data:`Outputs` (each PNG captioned with its seed and index)."""
+    gallery = [(str(p), f"seed {result.seed} #{i}") for i, p in enumerate(result.paths)]
+    return gallery, result.seed, [str(p) for p in result.paths]
+
+
+def _union(a: Image.Image | None, b: Image.Image | None) -> Image.Image | None:
     """Union of two "L" masks (either may be None)."""
     if a is None or b is None:
         return a if b is None else b
-    from PIL import ImageChops
-
-    from glidekit.web.jobs import binary_mask
-
     return ImageChops.lighter(binary_mask(a), binary_mask(b))
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
-import secrets
 import shutil
 import threading
 import time
@@ -25,6 +23,13 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from glidekit.checkpoints import CHECKPOINTS
+from glidekit.errors import OptionError
+from glidekit.pipelines import InpaintPipeline, Text2ImagePipeline, save_png
+from glidekit.pipelines.images import keep_tensors, load_replace_mask, load_source, resize
+from glidekit.pipelines.options import step_count
+from glidekit.pipelines.sources import EMBEDDED_PREFIX, default_source
 
 logger = logging.getLogger(__name__)
 
@@ -146,89 +151,47 @@ def check_prompt(prompt: Any, limits: Limits) -> str:
     return text
 
 
-def check_int(value: Any, name: str, low: int, high: int) -> int:
-    """An integer (floats like 2.0 from number boxes accepted) in [low, high]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{name} must be a whole number, got {value!r}.")
-    if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
-        raise InputError(f"{name} must be a whole number, got {value!r}.")
-    number = int(value)
-    if not low <= number <= high:
-        raise InputError(f"{name} must be between {low} and {high}, got {number}.")
-    return number
+#: How the page labels each option in the messages it shows (the checks are the options').
+LABELS = {"prompt": "Prompt", "num_images": "Number of images", "guidance_scale": "Guidance scale",
+          "steps": "Steps", "sampler": "Sampler", "seed": "Seed",
+          "upsample_steps": "Upsampler steps"}  # fmt: skip
 
 
-def check_guidance(value: Any, limits: Limits) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"Guidance scale must be a number, got {value!r}.")
-    if not 0.0 <= float(value) <= limits.max_guidance:
-        raise InputError(
-            f"Guidance scale must be between 0 and {limits.max_guidance}, got {value}."
-        )
-    return float(value)
+def whole(value: Any) -> Any:
+    """A number box's 2.0 as 2 (other values unchanged; the options check their types)."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return value
 
 
-_STEP_PREFIXED = re.compile(r"^(ddim|karras)(\d+)$")
+def check_limits(opts: Any, limits: Limits, upsample_high: int | None = None) -> None:
+    """The server's per-request limits on already-checked options."""
+    if opts.num_images > limits.max_images:
+        raise InputError(f"Number of images must be between 1 and {limits.max_images}, got "
+                         f"{opts.num_images}.")  # fmt: skip
+    for name, high in (("steps", limits.max_steps), ("upsample_steps", upsample_high)):
+        count = step_count(getattr(opts, name)) if hasattr(opts, name) else 0
+        if high is not None and count > high:
+            raise InputError(f"{LABELS[name]} must be between 1 and {high}, got {count}.")
+    if abs(getattr(opts, "guidance_scale", 0.0)) > limits.max_guidance:
+        raise InputError(f"Guidance scale must be between 0 and {limits.max_guidance}, got "
+                         f"{opts.guidance_scale}.")  # fmt: skip
 
 
-def count_steps(spelling: str) -> int:
-    """How many model evaluations a respacing spelling asks for (without a model).
-
-    "50" -> 50, "ddim50" / "karras25" -> 50 / 25, "fast27" -> 27, "10,10,3,2,2" -> 27.
-    """
-    spec = spelling.strip().lower()
-    if spec == "fast27":
-        return 27
-    match = _STEP_PREFIXED.match(spec)
-    if match:
-        return int(match.group(2))
-    if re.fullmatch(r"\d+(,\d+)*", spec):
-        return sum(int(part) for part in spec.split(","))
-    raise InputError(
-        f"Steps: cannot read {spelling!r}; use a count like 50, or ddim50, karras25, fast27."
-    )
-
-
-def check_steps(value: Any, limits: Limits, name: str = "Steps", high: int | None = None) -> str:
-    """A step count or respacing spelling, as the pipelines take it, within the limits."""
-    high = limits.max_steps if high is None else high
-    if isinstance(value, bool):
-        raise InputError(f"{name}: expected a number of steps, got {value!r}.")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, int):
-        value = str(value)
-    if not isinstance(value, str) or not value.strip():
-        raise InputError(f"{name}: expected a number of steps (like 50 or ddim50).")
-    spelling = value.strip().lower()
-    if len(spelling) > 64:
-        raise InputError(f"{name}: {value[:20]!r}... is too long.")
-    count = count_steps(spelling)
-    if not 1 <= count <= high:
-        raise InputError(f"{name} must be between 1 and {high}, got {count}.")
-    return spelling
-
-
-def check_seed(seed: Any, random_seed: bool) -> int:
-    """The seed to use: a fresh random one when ``random_seed`` (or no seed) is asked for."""
+def seed_field(seed: Any, random_seed: bool) -> int | None:
+    """The seed a request asks for: None (a fresh random one) when ``random_seed`` is ticked or
+    the box is empty; a number box's text or float as an int."""
     if random_seed or seed is None or (isinstance(seed, str) and not seed.strip()):
-        return secrets.randbits(31)
+        return None
     if isinstance(seed, str):
         try:
-            seed = int(seed.strip())
+            return int(seed.strip())
         except ValueError:
             raise InputError(f"Seed must be a whole number, got {seed!r}.") from None
-    return check_int(seed, "Seed", 0, 2**31 - 1)
-
-
-def check_sampler(name: Any) -> str:
-    from glidekit.pipelines import available_samplers
-
-    if not isinstance(name, str) or name.strip().lower() not in available_samplers():
-        raise InputError(
-            f"Sampler: unknown {name!r}; choose one of {', '.join(available_samplers())}."
-        )
-    return name.strip().lower()
+    seed = whole(seed)
+    if isinstance(seed, int) and not 0 <= seed < 2**31:  # the page's number box holds 31 bits
+        raise InputError(f"Seed must be between 0 and {2**31 - 1}, got {seed}.")
+    return seed
 
 
 # --------------------------------------------------------------------------- uploads
@@ -320,21 +283,12 @@ def model_kind(label: str | None) -> str:
     """How a model source is described on the page."""
     if label is None:
         return "none"
-    from glidekit.checkpoints import CHECKPOINTS
-
     if label in CHECKPOINTS:
         return "released GLIDE weights"
-    package = Path(__file__).resolve().parents[1]
-    try:
-        Path(label).resolve().relative_to(package)
-        return "embedded demo model"
-    except (ValueError, OSError):
-        return "model file"
+    return "embedded demo model" if label.startswith(EMBEDDED_PREFIX) else "model file"
 
 
 def _source(value: str | None, role: str) -> Any:
-    from glidekit.pipelines.common import default_source
-
     if value is None:
         return default_source(role)
     if value.strip().lower() in NO_MODEL:
@@ -361,43 +315,51 @@ class Jobs:
     """
 
     def __init__(self, config: WebConfig) -> None:
-        from glidekit.pipelines import ClipGuidedPipeline, InpaintPipeline, Text2ImagePipeline
-        from glidekit.pipelines.common import default_source, embedded_sampling
-
         self.config = config
         self.limits = config.limits
         opts = {"device": config.device, "dtype": config.dtype, "cache_dir": config.cache_dir}
-        base = _source(config.base, "base")
-        inpaint = _source(config.inpaint, "base_inpaint")
-        # The embedded shapes models sample as `glidekit generate` / `inpaint` run them
-        # (glidekit.models.EMBEDDED_SAMPLING: CLIP guidance); other models as GLIDE does.
-        self.defaults = {job: (embedded_sampling(role, src) or ("", {}))[1]
-                         for job, role, src in (("generate", "base", base),
-                                                ("inpaint", "base_inpaint", inpaint))}  # fmt: skip
-        t2i = ClipGuidedPipeline if self.defaults["generate"] else Text2ImagePipeline
-        clip = {"clip": default_source("clip")} if self.defaults["generate"] else {}
-        self.text2image = t2i(base, _source(config.upsampler, "upsampler"), **clip, **opts)
-        self.inpainter = InpaintPipeline(
-            inpaint,
-            _source(config.inpaint_upsampler, "upsampler_inpaint"),
-            clip=default_source("clip"),
-            **opts,
+        self.text2image = Text2ImagePipeline(
+            _source(config.base, "base"), _source(config.upsampler, "upsampler"), **opts
         )
-        self.upsample_steps = check_steps(
-            config.upsample_steps, self.limits, "Upsampler steps", self.limits.max_upsample_steps
-        )
+        self.inpainter = InpaintPipeline(_source(config.inpaint, "base_inpaint"),
+                                         _source(config.inpaint_upsampler, "upsampler_inpaint"),
+                                         **opts)  # fmt: skip
+        self.pipes = {"generate": self.text2image, "inpaint": self.inpainter}
+        try:
+            upsample_steps = self.text2image.options_class.build(
+                {"upsample_steps": config.upsample_steps}).upsample_steps  # fmt: skip
+        except OptionError as exc:
+            raise InputError(f"Upsampler steps: {exc.message}") from None
+        if step_count(upsample_steps) > self.limits.max_upsample_steps:
+            raise InputError(f"Upsampler steps must be at most {self.limits.max_upsample_steps}")
+        self.upsample_steps = upsample_steps
         self._lock = threading.Lock()
         config.outputs_dir.mkdir(parents=True, exist_ok=True)
 
-    def default(self, job: str, name: str, value: Any = None) -> Any:
-        """``value``, or if None the default of ``name`` (guidance_scale, steps) for ``job``
-        (generate, inpaint): the embedded models' own where they are in use, else GLIDE's."""
-        if value is not None:
-            return value
-        glide = {"guidance_scale": 3.0 if job == "generate" else 5.0,
-                 "steps": self.config.default_steps}  # fmt: skip
-        found = self.defaults[job].get(name, glide[name])
-        return str(found) if name == "steps" else found
+    def default(self, job: str, name: str) -> Any:
+        """The page's default for option ``name`` of ``job`` (generate, inpaint): the model
+        file's own where it has them (the embedded models), else GLIDE's, with the server's
+        ``default_steps``."""
+        pipe = self.pipes[job]
+        own = pipe.model_defaults()
+        given = {} if "steps" in own else {"steps": self.config.default_steps}
+        return getattr(pipe.options_class.build(given, own), name)
+
+    def options(self, job: str, prompt: Any, **fields: Any) -> Any:
+        """A request's options: the fields given over the model's defaults, checked by the
+        options, then against the server's limits. Raises :class:`InputError`."""
+        pipe = self.pipes[job]
+        given = {k: whole(v) for k, v in fields.items() if v is not None}
+        given.setdefault("steps", self.default(job, "steps"))
+        given["upsample_steps"] = self.upsample_steps
+        text = check_prompt(prompt, self.limits)
+        try:
+            _, opts = pipe.check_inputs(text, **given)
+        except OptionError as exc:
+            label = LABELS.get(exc.arg, exc.arg)
+            raise InputError(f"{label}: {exc.message}.") from None
+        check_limits(opts, self.limits)
+        return text, opts
 
     # ------------------------------------------------------------------ description
     def models(self) -> dict[str, tuple[str | None, str]]:
@@ -420,10 +382,12 @@ class Jobs:
         for role, (label, kind) in self.models().items():
             shown = Path(label).name if label and kind != "released GLIDE weights" else label
             lines.append(f"- {role}: `{shown}` ({kind})" if label else f"- {role}: none")
-        if self.defaults["generate"] or self.defaults["inpaint"]:
+        if self.default("generate", "guidance") == "clip":
             lines.append(
                 "\nThe embedded shapes models are guided by their CLIP (Generate: the guidance "
-                "scale is the CLIP's; Inpaint: the CLIP is added to classifier-free guidance)."
+                "scale is the CLIP's; Inpaint: the CLIP is added to classifier-free guidance). "
+                "They know only the shapes world's words: one circle, square or triangle, small "
+                "or large, its colour, place and background."
             )
         lim = self.limits
         lines.append(
@@ -455,6 +419,8 @@ class Jobs:
             say("Sampling")
             try:
                 return pipe(*args, **kwargs)
+            except OptionError as exc:
+                raise InputError(f"{LABELS.get(exc.arg, exc.arg)}: {exc.message}.") from None
             except (ValueError, TypeError) as exc:
                 raise InputError(str(exc)) from None
 
@@ -477,8 +443,6 @@ class Jobs:
                 continue
 
     def _save(self, result: Any, folder: Path, stem: str) -> list[Path]:
-        from glidekit.pipelines import save_png
-
         paths = []
         for i, img in enumerate(result.images):
             params = result.image_params(i)
@@ -487,18 +451,6 @@ class Jobs:
                     params[key] = Path(params[key]).name
             paths.append(save_png(img, folder / f"{stem}-{i}.png", params))
         return paths
-
-    def _common(self, prompt: Any, num_images: Any, guidance: Any, steps: Any, sampler: Any,
-                seed: Any, random_seed: bool) -> dict[str, Any]:  # fmt: skip
-        lim = self.limits
-        return {
-            "prompt": check_prompt(prompt, lim),
-            "num_images": check_int(num_images, "Number of images", 1, lim.max_images),
-            "guidance_scale": check_guidance(guidance, lim),
-            "steps": check_steps(steps, lim),
-            "sampler": check_sampler(sampler),
-            "seed": check_seed(seed, bool(random_seed)),
-        }
 
     def generate(
         self,
@@ -523,27 +475,16 @@ class Jobs:
         is doing ("Waiting for the previous job to finish", "Loading the models", "Sampling");
         ``callback(stage, step, total)`` after every sampler step (raising in it cancels).
         """
-        guidance_scale = self.default("generate", "guidance_scale", guidance_scale)
-        steps = self.default("generate", "steps", steps)
-        args = self._common(prompt, num_images, guidance_scale, steps, sampler, seed, random_seed)
-        result = self._sample(
-            self.text2image,
-            status,
-            args["prompt"],
-            num_images=args["num_images"],
-            guidance_scale=args["guidance_scale"],
-            seed=args["seed"],
-            steps=args["steps"],
-            sampler=args["sampler"],
-            upsample=bool(upsample),
-            upsample_steps=self.upsample_steps,
-            progress=progress,
-            callback=callback,
-        )
+        prompt, opts = self.options("generate", prompt, num_images=num_images,
+                                    guidance_scale=guidance_scale, steps=steps, sampler=sampler,
+                                    seed=seed_field(seed, bool(random_seed)),
+                                    upsample=bool(upsample))  # fmt: skip
+        result = self._sample(self.text2image, status, prompt, opts, progress=progress,
+                              callback=callback)  # fmt: skip
         folder = self._request_dir()
         paths = self._save(result, folder, "glide")
-        logger.info("generate: %d image(s), seed %d -> %s", len(paths), args["seed"], folder.name)
-        return JobResult(paths, args["seed"], result.params)
+        logger.info("generate: %d image(s), seed %d -> %s", len(paths), opts.seed, folder.name)
+        return JobResult(paths, opts.seed, result.params)
 
     def inpaint(
         self,
@@ -564,11 +505,10 @@ class Jobs:
         """Replace the white region of ``mask`` in ``image`` (both decoded and checked);
         ``guidance_scale`` / ``steps``: None = :meth:`default` (5.0 and
         ``config.default_steps``, or the embedded inpainting model's)."""
-        from glidekit.pipelines.images import keep_tensors, load_replace_mask, load_source, resize
-
-        guidance_scale = self.default("inpaint", "guidance_scale", guidance_scale)
-        steps = self.default("inpaint", "steps", steps)
-        args = self._common(prompt, num_images, guidance_scale, steps, sampler, seed, random_seed)
+        prompt, opts = self.options("inpaint", prompt, num_images=num_images,
+                                    guidance_scale=guidance_scale, steps=steps, sampler=sampler,
+                                    seed=seed_field(seed, bool(random_seed)),
+                                    upsample=bool(upsample))  # fmt: skip
         if mask is None:
             raise InputError(
                 "Mask: paint over the region to replace with the brush, or upload a mask "
@@ -583,23 +523,8 @@ class Jobs:
         if not np.asarray(replace).any():
             raise InputError("Mask is empty: paint (or upload in white) the region to replace.")
         rgb = image.convert("RGB")
-        result = self._sample(
-            self.inpainter,
-            status,
-            args["prompt"],
-            rgb,
-            replace,
-            num_images=args["num_images"],
-            guidance_scale=args["guidance_scale"],
-            clip_guidance_scale=self.defaults["inpaint"].get("clip_guidance_scale", 0.0),
-            seed=args["seed"],
-            steps=args["steps"],
-            sampler=args["sampler"],
-            upsample=bool(upsample),
-            upsample_steps=self.upsample_steps,
-            progress=progress,
-            callback=callback,
-        )
+        result = self._sample(self.inpainter, status, prompt, rgb, replace, opts,
+                              progress=progress, callback=callback)  # fmt: skip
         folder = self._request_dir()
         paths = self._save(result, folder, "inpaint")
         size = result.images[0].width
@@ -610,5 +535,5 @@ class Jobs:
         mask_path = folder / "mask.png"
         source.save(source_path)
         mask_img.save(mask_path)
-        logger.info("inpaint: %d image(s), seed %d -> %s", len(paths), args["seed"], folder.name)
-        return JobResult(paths, args["seed"], result.params, source_path, mask_path)
+        logger.info("inpaint: %d image(s), seed %d -> %s", len(paths), opts.seed, folder.name)
+        return JobResult(paths, opts.seed, result.params, source_path, mask_path)
