@@ -182,8 +182,10 @@ def model_paths(workdir: Path, tiny: bool) -> dict[str, Path]:
 def worker_prepare(workdir: Path, tiny: bool) -> dict[str, Any]:
     """Write the fixed-weight model files that are not there yet; returns what was done."""
     import torch
-    from glidekit.nn.bundle import is_bundle, save_model
 
+    from glidekit.checkpoints.modelfile import is_unet_file as is_bundle
+    from glidekit.checkpoints.modelfile import save_unet
+    from glidekit.diffusion import DiffusionConfig
     from glidekit.nn import create_model
     from glidekit.tokenizer import GPT2Tokenizer
 
@@ -197,7 +199,12 @@ def worker_prepare(workdir: Path, tiny: bool) -> dict[str, Any]:
         torch.manual_seed(WEIGHT_SEEDS[name])
         model = create_model(configs[name]).eval()
         fixed_weights(model, WEIGHT_SEEDS[name])
-        save_model(path, model, tokenizer=GPT2Tokenizer(configs[name].text_ctx))
+        save_unet(
+            path,
+            model,
+            DiffusionConfig.for_model(model.config),
+            GPT2Tokenizer(configs[name].text_ctx),
+        )
         del model
         built[name] = {"path": str(path), "seconds": time.perf_counter() - start}
     return built

@@ -14,10 +14,10 @@ import argparse
 import random
 
 import torch
-from glidekit.nn.bundle import load_model
 
+from glidekit.checkpoints.modelfile import load_unet as load_model
 from glidekit.data.shapes import PALETTE, ShapesDataset
-from glidekit.diffusion import GaussianDiffusion
+from glidekit.diffusion import create_diffusion
 from glidekit.tokenizer import tokenize_batch
 
 STEPS = (700, 850, 900, 950, 975, 990)
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=123)
     args = parser.parse_args()
     model, dc, tokenizer = load_model(args.model)
-    diffusion = GaussianDiffusion.from_config(dc.noise_schedule, dc.steps, prediction=dc.prediction)
+    diffusion = create_diffusion(dc)
     size = model.config.image_size
     data = ShapesDataset(length=args.n, image_size=size, seed=args.seed, canonical=True)
     items = [data[i] for i in range(args.n)]

@@ -20,11 +20,11 @@ import random
 
 import numpy as np
 import torch
-from glidekit.nn.bundle import load_model
 
+from glidekit.checkpoints.modelfile import load_clip
+from glidekit.checkpoints.modelfile import load_unet as load_model
 from glidekit.data.shapes import COLORS, POSITIONS, canonical_caption, random_scene, render
-from glidekit.diffusion import GaussianDiffusion
-from glidekit.pipelines.clip_guided import load_clip_pair
+from glidekit.diffusion import create_diffusion
 from glidekit.tokenizer import tokenize_batch
 
 MODELS = "glidekit/models/"
@@ -47,7 +47,7 @@ def picture(scene) -> torch.Tensor:
 def base_words(path: str) -> None:
     model, dc, tok = load_model(path)
     model.float()
-    diffusion = GaussianDiffusion.from_config(dc.noise_schedule, dc.steps, prediction=dc.prediction)
+    diffusion = create_diffusion(dc)
     captions = [CAPTION] + [CAPTION.replace(a, b) for a, b in SWAPS.values()]
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     preds = []
@@ -90,7 +90,7 @@ def ideal_predictor(seed: int = 0, scenes: int = 12, draws: int = 6) -> None:
 
 
 def clip_words(path: str, n: int) -> None:
-    clip = load_clip_pair((path, path)).float().eval()
+    clip = load_clip(path).float().eval()
     rng = random.Random(1)
     scenes = [random_scene(rng) for _ in range(n)]
     print(f"clip {path}: right word scores highest (of {n} scenes)")
