@@ -5,6 +5,8 @@ Used only by ``tests/test_checkpoints*.py``; it never talks to anything but 127.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import socket
 import threading
@@ -32,6 +34,13 @@ class Behaviour:
     fail_next: int = 0  # answer this many GETs with 503
     chunk: int = 64 * 1024
     chunk_delay: float = 0.0  # seconds to sleep after each chunk (throttle)
+    # Checksum headers, as storage services send them: "content-md5" (RFC 1864: of the body
+    # sent, so of the range in a 206), "x-goog-hash" (md5 of the whole object, always) or
+    # "azure" (Content-MD5 of the whole blob in a 200, x-ms-blob-content-md5 in a 206).
+    md5_header: str | None = None
+    # path -> the bytes whose MD5 the server announces (default: the bytes it serves); a
+    # server that sends wrong bytes of the right size announces the right file's MD5.
+    announced: dict[str, bytes] = field(default_factory=dict)
 
 
 class CheckpointServer:
@@ -126,6 +135,7 @@ def _make_handler(server: CheckpointServer) -> type[BaseHTTPRequestHandler]:
                 status = 200
             server.record(Seen("GET", self.path, rng, status))
             body = data[start:]
+            self._md5_headers(b.announced.get(self.path, data), start, status)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Accept-Ranges", "bytes")
             self.end_headers()
@@ -148,6 +158,20 @@ def _make_handler(server: CheckpointServer) -> type[BaseHTTPRequestHandler]:
                     self.connection.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+        def _md5_headers(self, announced: bytes, start: int, status: int) -> None:
+            def b64md5(data: bytes) -> str:
+                return base64.b64encode(hashlib.md5(data).digest()).decode("ascii")
+
+            kind = server.behaviour.md5_header
+            if kind == "content-md5":
+                self.send_header("Content-MD5", b64md5(announced[start:]))
+            elif kind == "x-goog-hash":
+                self.send_header("x-goog-hash", "crc32c=AAAAAA==")
+                self.send_header("x-goog-hash", f"md5={b64md5(announced)}")
+            elif kind == "azure":
+                name = "Content-MD5" if status == 200 else "x-ms-blob-content-md5"
+                self.send_header(name, b64md5(announced))
 
         def _status(self, code: int, method: str, rng: str | None = None) -> None:
             server.record(Seen(method, self.path, rng, code))

@@ -49,6 +49,7 @@ from glidekit.checkpoints import (
     released_layout,
 )
 from glidekit.checkpoints.cache import Manifest
+from glidekit.checkpoints.download import DownloadVerificationError, NetworkUnavailableError
 from glidekit.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -643,9 +644,12 @@ def test_cli_download_and_convert(
     assert main(["convert", "base", "--checkpoint", "bogus"]) == 2
 
 
-def test_cli_download_failure_exit_code(server: CheckpointServer, monkeypatch) -> None:
+def test_cli_download_failure_exit_code(server: CheckpointServer, capsys) -> None:
+    """Any checkpoint error of ``download`` is one line and exit code 2, as in ``generate``."""
     server.behaviour.fail_next = 100
-    assert main(["download", "base", "--no-progress", "--retries", "0"]) == 1
+    assert main(["download", "base", "--no-progress", "--retries", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("glidekit download: error: ") and "503" in err and "\n" not in err
 
 
 def test_real_small_unet_round_trip_and_config_layout(tmp_path: Path) -> None:
@@ -677,3 +681,233 @@ def test_real_small_unet_round_trip_and_config_layout(tmp_path: Path) -> None:
     with pytest.raises(LayoutMismatchError, match="like 'upsample'") as err:
         load_into(nn_mod.create_model(sr), path)
     assert "looks like a 64x64 text-to-image UNet (like 'base')" in str(err.value)
+
+
+# ----------------------------------------------------------------------------- verified downloads
+
+
+def pt_bytes(state: dict[str, torch.Tensor], tmp_path: Path, name: str = "x.pt") -> bytes:
+    path = tmp_path / name
+    torch.save(state, path)
+    return path.read_bytes()
+
+
+def assert_nothing_kept(isolated: Path, filename: str = "base.pt") -> None:
+    assert not (isolated / filename).exists()
+    assert not (isolated / (filename + ".partial")).exists()
+    assert Manifest(isolated).get(isolated / filename) is None
+
+
+@pytest.fixture
+def wrong_base(files: dict[str, bytes], tmp_path: Path) -> bytes:
+    """Another checkpoint of base's exact layout and byte size: only a checksum tells them apart."""
+    (tmp_path / "other").mkdir()
+    data = pt_bytes(tiny_state_dict("base", seed=1), tmp_path / "other", "base.pt")
+    assert len(data) == len(files["/base.pt"]) and data != files["/base.pt"]
+    return data
+
+
+@pytest.mark.parametrize("header", ["content-md5", "x-goog-hash", "azure"])
+def test_wrong_bytes_of_the_right_size_fail_the_servers_md5(
+    server: CheckpointServer, files: dict[str, bytes], wrong_base: bytes, isolated: Path, header
+) -> None:
+    """Issue 16 item 13: a server sends other bytes of the right size with the right file's MD5."""
+    server.behaviour.md5_header = header
+    server.behaviour.announced["/base.pt"] = files["/base.pt"]
+    server.files["/base.pt"] = wrong_base
+    with pytest.raises(DownloadVerificationError) as err:
+        fetch("base", progress=False, **FAST)
+    msg = str(err.value)
+    assert "\n" not in msg and "MD5" in msg and str(isolated / "base.pt") in msg
+    assert "nothing was kept" in msg
+    assert_nothing_kept(isolated)
+    assert len(server.gets("/base.pt")) == 1  # a fresh download that fails a check: no retry
+
+    server.files["/base.pt"] = files["/base.pt"]  # the server mended: the same call now works
+    path = fetch("base", progress=False, **FAST)
+    assert path.read_bytes() == files["/base.pt"]
+    assert Manifest(isolated).get(path).sha256 == sha(files["/base.pt"])
+
+
+def test_a_resumed_download_checks_the_whole_file_and_restarts_once(
+    server: CheckpointServer, files: dict[str, bytes], isolated: Path
+) -> None:
+    """A partial file with a wrong prefix: the range response's whole-file MD5 catches it, the
+    partial is dropped and the file downloaded again from byte 0 (one more attempt)."""
+    data = files["/base.pt"]
+    isolated.mkdir(parents=True)
+    (isolated / "base.pt.partial").write_bytes(b"\xff" * 1000)  # not the file's first bytes
+    server.behaviour.md5_header = "azure"
+    path = fetch("base", progress=False, retries=1, backoff=0.01, timeout=10)
+    assert [(g.status, g.range) for g in server.gets("/base.pt")] == [
+        (206, "bytes=1000-"),
+        (200, None),
+    ]
+    assert path.read_bytes() == data
+
+    # Without an attempt left, the same case fails in one line and keeps nothing.
+    path.unlink()
+    Manifest(isolated).forget(path)
+    (isolated / "base.pt.partial").write_bytes(b"\xff" * 1000)
+    with pytest.raises(DownloadVerificationError, match="x-ms-blob-content-md5"):
+        fetch("base", progress=False, **FAST)
+    assert_nothing_kept(isolated)
+
+
+def test_the_content_md5_of_a_range_response_covers_the_range(
+    server: CheckpointServer, files: dict[str, bytes], isolated: Path
+) -> None:
+    """RFC 1864: in a 206, Content-MD5 is the MD5 of the part sent; a resume that matches it
+    is accepted, a part whose bytes differ is refused."""
+    data = files["/base.pt"]
+    server.behaviour.md5_header = "content-md5"
+    server.behaviour.drop_after["/base.pt"] = 100_000
+    with pytest.raises(DownloadError, match="partial file"):
+        fetch("base", progress=False, **FAST)
+    path = fetch("base", progress=False, **FAST)
+    assert [g.status for g in server.gets("/base.pt")] == [200, 206]
+    assert path.read_bytes() == data
+
+    path.unlink()
+    Manifest(isolated).forget(path)
+    (isolated / "base.pt.partial").write_bytes(data[:100_000])
+    server.behaviour.announced["/base.pt"] = data[:100_000] + bytes(len(data) - 100_000)
+    with pytest.raises(DownloadVerificationError, match="resumed part's MD5"):
+        fetch("base", progress=False, **FAST)
+    assert_nothing_kept(isolated)
+
+
+def test_a_pinned_sha256_is_checked(
+    server: CheckpointServer, files: dict[str, bytes], wrong_base: bytes, isolated: Path
+) -> None:
+    """With no checksum from the server, wrong bytes of the right layout can only be told by a
+    sha256 the user pins."""
+    good = sha(files["/base.pt"])
+    server.files["/base.pt"] = wrong_base
+    with pytest.raises(DownloadVerificationError, match=f"not the pinned {good}") as err:
+        fetch("base", progress=False, sha256=good.upper(), **FAST)
+    assert "\n" not in str(err.value)
+    assert_nothing_kept(isolated)
+
+    server.files["/base.pt"] = files["/base.pt"]
+    path = fetch("base", progress=False, sha256=good, **FAST)
+    assert Manifest(isolated).get(path).sha256 == good
+
+    # A cached file that differs from the pin is fetched again; offline it is refused.
+    path.write_bytes(wrong_base)
+    Manifest(isolated).forget(path)
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setenv("GLIDEKIT_OFFLINE", "1")
+    with pytest.raises(DownloadVerificationError, match="GLIDEKIT_OFFLINE is set"):
+        fetch("base", sha256=good)
+    monkeypatch.undo()
+    n = server.full_downloads("/base.pt")
+    assert fetch("base", progress=False, sha256=good, **FAST) == path
+    assert path.read_bytes() == files["/base.pt"]
+    assert server.full_downloads("/base.pt") == n + 1
+    assert fetch("base", progress=False, sha256=good, **FAST) == path  # cached, recorded: no GET
+    assert server.full_downloads("/base.pt") == n + 1
+
+    local = isolated.parent / "mine.pt"
+    local.write_bytes(wrong_base)
+    with pytest.raises(DownloadVerificationError, match="not the pinned"):
+        fetch(local, sha256=good)
+    assert fetch(local, sha256=sha(wrong_base)) == local
+    for bad in ("abc", "g" * 64, good + "0"):
+        with pytest.raises(ValueError, match="sha256 must be 64 hexadecimal digits"):
+            fetch("base", sha256=bad)
+
+
+def test_the_state_dict_layout_is_checked_before_the_file_counts(
+    server: CheckpointServer, files: dict[str, bytes], isolated: Path, tmp_path: Path
+) -> None:
+    """Another model's file, a pickle that runs code, and random bytes: each refused in one
+    line, nothing kept, the pickle never run."""
+    marker = tmp_path / "pwned"
+    evil = pt_bytes({"weight": torch.zeros(2), "payload": Evil(marker)}, tmp_path, "evil.pt")
+    cases = [
+        (files["/upsample.pt"], "not those of the released 'base'"),
+        (files["/upsample.pt"], "looks like a 64->256 super-resolution UNet"),
+        (pt_bytes({"w": torch.zeros(3)}, tmp_path), "missing positional_embedding [8, 32]"),
+        (evil, "pickled Python objects other than tensors"),
+        (os.urandom(len(files["/base.pt"])), "not a readable checkpoint"),
+        (pt_bytes([torch.zeros(2)], tmp_path, "list.pt"), "not a plain state dict"),
+    ]
+    for data, needle in cases:
+        server.files["/base.pt"] = data
+        with pytest.raises(DownloadVerificationError) as err:
+            fetch("base", progress=False, **FAST)
+        msg = str(err.value)
+        assert needle in msg and "\n" not in msg, msg
+        assert_nothing_kept(isolated)
+    assert not marker.exists()
+
+
+def test_cli_sha256_and_verification_failures(
+    server: CheckpointServer, files: dict[str, bytes], wrong_base: bytes, tmp_path: Path, capsys
+) -> None:
+    target = tmp_path / "cli-cache"
+    good = sha(files["/base.pt"])
+    server.files["/base.pt"] = wrong_base
+    args = ["download", "base", "--cache-dir", str(target), "--no-progress", "--retries", "0"]
+    assert main([*args, "--sha256", good]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("glidekit download: error: ") and "not the pinned" in err
+    assert "\n" not in err and not (target / "base.pt").exists()
+
+    server.files["/base.pt"] = files["/base.pt"]
+    assert main([*args, "--sha256", good]) == 0
+    assert capsys.readouterr().out.strip() == str(target / "base.pt")
+    assert main([*args, "--sha256", "nope"]) == 2
+    assert "--sha256 must be 64 hexadecimal digits" in capsys.readouterr().err
+    assert main(["download", "base", "upsample", "--sha256", good]) == 2
+    assert "exactly one NAME" in capsys.readouterr().err
+
+
+def test_no_network_fails_at_once_and_leaves_nothing(isolated: Path, monkeypatch) -> None:
+    """Issue 19 item 3: a name that does not resolve is not retried (it took 40 s) and leaves
+    no empty lock file (nor the cache folder) behind; the CLI exits 2 as ``generate`` does."""
+    monkeypatch.setenv("GLIDEKIT_BASE_URL", "http://glidekit-test.invalid/")  # RFC 2606
+    start = time.perf_counter()
+    with pytest.raises(NetworkUnavailableError) as err:
+        fetch("base", progress=False, retries=5, backoff=5.0)
+    assert time.perf_counter() - start < 5.0
+    msg = str(err.value)
+    assert "'glidekit-test.invalid' does not resolve" in msg and "\n" not in msg
+    assert str(isolated / "base.pt") in msg and "GLIDEKIT_OFFLINE" in msg
+    assert not isolated.exists()
+
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    start = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "glidekit.cli.main", "download", "base", "upsample"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("glidekit download: error: cannot download")
+    assert time.perf_counter() - start < 30  # one attempt, no back-off (was 5 retries, 40 s)
+    assert not isolated.exists()
+
+
+def test_a_resolution_failure_during_the_download_is_not_retried(
+    isolated: Path, monkeypatch
+) -> None:
+    """The name resolved for the check but not for the request (the network went away)."""
+    import socket
+    import urllib.error
+
+    calls: list[str] = []
+
+    def no_dns(request, timeout=None):
+        calls.append(request.full_url)
+        raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(download_mod, "_check_resolves", lambda *a: None)
+    monkeypatch.setattr(download_mod.urllib.request, "urlopen", no_dns)
+    with pytest.raises(NetworkUnavailableError, match="Temporary failure in name resolution"):
+        fetch("base", progress=False, retries=5, backoff=5.0)
+    assert len(calls) == 1

@@ -131,7 +131,7 @@ def test_generate_uses_the_embedded_models_defaults(tmp_path, monkeypatch, capsy
     assert code == 0, err
     params = data["runs"][0]
     scale = BASE_DEFAULTS["guidance_scale"]
-    assert params["pipeline"] == "text2image" and params["guidance"] == "clip"
+    assert params["pipeline"] == "clip-guided" and params["guidance"] == "clip"
     assert params["guidance_scale"] == scale and params["steps"] == "3"
     assert params["clip"].endswith(CLIP_FILE)
 
@@ -139,12 +139,12 @@ def test_generate_uses_the_embedded_models_defaults(tmp_path, monkeypatch, capsy
                                 "--guidance", "classifier-free", "-o", out)  # fmt: skip
     assert code == 0, err
     params = data["runs"][0]
-    assert params["guidance"] == "classifier-free" and params["guidance_scale"] == 3.0
+    assert params["pipeline"] == "text2image" and params["guidance_scale"] == 3.0
     png = data["images"][0]["path"]
 
     code, data, err = _cli_json(capsys, "generate", "--from", png, "-o", out)
     assert code == 0, err
-    assert data["runs"][0]["guidance"] == "classifier-free"  # not switched to CLIP guidance
+    assert data["runs"][0]["pipeline"] == "text2image"  # not switched to CLIP guidance
 
     code, _, err = _cli_json(capsys, "generate", prompt, "--guidance", "classifier-free",
                              "--clip", "-o", out)  # fmt: skip

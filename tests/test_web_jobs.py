@@ -49,7 +49,7 @@ def test_step_counts_and_limits(jobs):
     high = jobs.limits.max_steps
     for bad, words in [
         ("99999", f"between 1 and {high}"),
-        ("0", "cannot read"),
+        ("0", "Steps must be >= 1"),
         ("banana", "cannot read"),
         ("", "cannot read"),
         (True, "expected a step count"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Any
 
 from glidekit.checkpoints import (
@@ -13,6 +14,7 @@ from glidekit.checkpoints import (
     convert,
     fetch,
 )
+from glidekit.checkpoints.download import NetworkUnavailableError, check_sha256
 from glidekit.checkpoints.registry import lookup
 from glidekit.errors import UsageError
 
@@ -27,7 +29,11 @@ def register(subparsers: Any) -> None:
         help="download released checkpoints into the cache",
         description=(
             "Download released GLIDE checkpoints into the cache (resumable; safe to run from "
-            f"several processes at once). Names: {names}. Prints the path of each file."
+            f"several processes at once). Names: {names}. Prints the path of each file. A file "
+            "counts as complete only when its size, the MD5 the server sends (if any), the "
+            "--sha256 given and the released tensor layout all match; otherwise nothing is kept "
+            "under its name. Any failure is one line and exit code 2; with no network it fails at "
+            "once."
         ),
     )
     download.add_argument(
@@ -39,6 +45,11 @@ def register(subparsers: Any) -> None:
     download.add_argument("--no-progress", action="store_true", help="no progress bar")
     download.add_argument(
         "--retries", type=int, default=5, help="retries after a failed attempt (default 5)"
+    )
+    download.add_argument(
+        "--sha256",
+        metavar="HEX",
+        help="the file's expected sha256 (64 hex digits); with exactly one NAME",
     )
     download.set_defaults(func=_download)
 
@@ -72,6 +83,12 @@ def _download(args: argparse.Namespace) -> int:
         )
     if args.retries < 0:
         raise UsageError("--retries must be >= 0")
+    if args.sha256 is not None and len(requested) != 1:
+        raise UsageError("--sha256 pins one file: give exactly one NAME with it")
+    try:
+        pinned = check_sha256(args.sha256, "--sha256")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     failed = 0
     for name in requested:
         try:
@@ -80,13 +97,17 @@ def _download(args: argparse.Namespace) -> int:
                 cache_dir=args.cache_dir,
                 progress=not args.no_progress,
                 retries=args.retries,
+                sha256=pinned,
             )
         except CheckpointError as exc:
-            logger.error("%s", exc)
+            # The same one line and exit code 2 as every other command's checkpoint errors.
+            print(f"glidekit download: error: {exc}", file=sys.stderr)
             failed += 1
+            if isinstance(exc, NetworkUnavailableError):
+                break  # no network: the other names would fail the same way
             continue
         print(path)
-    return 1 if failed else 0
+    return 2 if failed else 0
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -105,8 +126,6 @@ def _convert(args: argparse.Namespace) -> int:
         )
     except UnknownCheckpointError as exc:
         raise UsageError(str(exc)) from exc
-    except CheckpointError as exc:
-        logger.error("%s", exc)
-        return 1
+    # Any other CheckpointError is a ValueError: one line and exit code 2 from glidekit.cli.main.
     print(path)
     return 0

@@ -244,6 +244,9 @@ class GlidePipeline:
         }
         out.update(opts.to_params())
         out.update(extra)
+        if self.base_slot is not None and not extra.get("upsampled", True):
+            out["upsampler"] = None  # the base's images: no upsampler options either
+            out = {k: v for k, v in out.items() if not k.startswith("upsample_")}
         return jsonable(out)
 
     # ------------------------------------------------------------------ sampling

@@ -81,7 +81,7 @@ def check_seed(seed: Any, arg: str = "seed") -> int:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise OptionTypeError(arg, f"expected an int or None, got {type(seed).__name__}")
     if seed < 0:
-        raise OptionError(arg, f"must be >= 0, got {seed}")
+        raise OptionError(arg, f"must be >= 0, got {seed} (a {arg} must be in [0, 2**63))")
     if seed >= 2**63:
         raise OptionError(arg, f"must be < 2**63, got {seed}")
     return seed
@@ -130,7 +130,7 @@ def check_bool(value: Any, arg: str) -> bool:
 def check_choice(choices: Sequence[str]) -> Callable[[Any, str], str]:
     def check(value: Any, arg: str) -> str:
         if not isinstance(value, str) or value.strip().lower() not in choices:
-            raise OptionError(arg, f"expected one of {', '.join(choices)}, got {value!r}")
+            raise OptionError(arg, f"unknown {arg} {value!r}; expected one of {', '.join(choices)}")
         return value.strip().lower()
 
     return check

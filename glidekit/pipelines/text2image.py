@@ -52,7 +52,7 @@ class Text2ImagePipeline(GlidePipeline):
             size = self.base.model.config.image_size
             cond_fn = self.clip_slot.cond_fn(self.device, rows, opts.guidance_scale, size)
             base = Stage("base", opts.steps, opts.sampler, opts.sampler_options, cond_fn=cond_fn)
-            clip = {"clip": self.clip_label}
+            clip = {"clip": self.clip_label, "pipeline": "clip-guided"}  # as the notebook names it
         else:
             base = Stage("base", opts.steps, opts.sampler, opts.sampler_options,
                          opts.guidance_scale)  # fmt: skip

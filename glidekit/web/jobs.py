@@ -351,13 +351,15 @@ class Jobs:
         pipe = self.pipes[job]
         given = {k: whole(v) for k, v in fields.items() if v is not None}
         given.setdefault("steps", self.default(job, "steps"))
+        count = str(given["steps"]).strip()
+        if count.isdigit() and int(count) > self.limits.max_steps:  # before the model's limits
+            raise InputError(f"Steps must be between 1 and {self.limits.max_steps}, got {count}.")
         given["upsample_steps"] = self.upsample_steps
         text = check_prompt(prompt, self.limits)
         try:
             _, opts = pipe.check_inputs(text, **given)
         except OptionError as exc:
-            label = LABELS.get(exc.arg, exc.arg)
-            raise InputError(f"{label}: {exc.message}.") from None
+            raise InputError(exc.spelled(LABELS.get(exc.arg, exc.arg), exc.message) + ".") from None
         check_limits(opts, self.limits)
         return text, opts
 
@@ -420,7 +422,7 @@ class Jobs:
             try:
                 return pipe(*args, **kwargs)
             except OptionError as exc:
-                raise InputError(f"{LABELS.get(exc.arg, exc.arg)}: {exc.message}.") from None
+                raise InputError(exc.spelled(LABELS.get(exc.arg, exc.arg), exc.message) + ".") from None
             except (ValueError, TypeError) as exc:
                 raise InputError(str(exc)) from None
 
