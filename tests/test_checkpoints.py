@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -830,7 +831,8 @@ def test_the_state_dict_layout_is_checked_before_the_file_counts(
         (files["/upsample.pt"], "looks like a 64->256 super-resolution UNet"),
         (pt_bytes({"w": torch.zeros(3)}, tmp_path), "missing positional_embedding [8, 32]"),
         (evil, "pickled Python objects other than tensors"),
-        (os.urandom(len(files["/base.pt"])), "not a readable checkpoint"),
+        (random.Random(0).randbytes(len(files["/base.pt"])), "not a readable checkpoint"),
+        (bytes(len(files["/base.pt"])), "not a readable checkpoint"),
         (pt_bytes([torch.zeros(2)], tmp_path, "list.pt"), "not a plain state dict"),
     ]
     for data, needle in cases:

@@ -644,6 +644,13 @@ def _verify(
     return None
 
 
+def _first_sentence(text: str, limit: int = 160) -> str:
+    """The first sentence of an error message, on one line and at most ``limit`` characters."""
+    line = " ".join(text.split())
+    sentence = line.split(". ")[0].rstrip(".")
+    return sentence if len(sentence) <= limit else sentence[: limit - 3] + "..."
+
+
 def _layout_problem(path: Path, info: CheckpointInfo) -> str | None:
     """None when ``path`` holds the state dict of the released ``info`` (keys and shapes), else
     what is wrong. Reads ``.pt`` files with ``torch.load(weights_only=True)``, memory-mapped: no
@@ -662,11 +669,15 @@ def _layout_problem(path: Path, info: CheckpointInfo) -> str | None:
             actual = {k: tuple(v.shape) for k, v in obj.items()}
             del obj
     except pickle.UnpicklingError as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
-        return f"it holds pickled Python objects other than tensors (not unpickled: {first})"
+        # torch's message is many lines of advice; the reason is on its "WeightsUnpickler" line.
+        match = re.search(r"WeightsUnpickler error: (.*)", str(exc))
+        reason = _first_sentence(match.group(1) if match else str(exc))
+        if "global" in reason.lower():
+            return f"it holds pickled Python objects other than tensors (not unpickled: {reason})"
+        return f"not a readable checkpoint (UnpicklingError{': ' + reason if reason else ''})"
     except Exception as exc:  # any reader failure means the bytes are not a checkpoint
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        return f"not a readable checkpoint ({type(exc).__name__}: {first})"
+        reason = _first_sentence(str(exc))
+        return f"not a readable checkpoint ({type(exc).__name__}{': ' + reason if reason else ''})"
     try:
         expected = released_layout(info.name)
     except KeyError:  # a specs file without this name: at least the kind must be right

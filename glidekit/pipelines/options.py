@@ -104,15 +104,17 @@ def check_steps(value: Any, arg: str) -> str:
     spelling = str(value).strip().lower()
     if len(spelling) > 200:
         raise OptionError(arg, f"{spelling[:20]!r}... is too long")
+    hint = "use a count (100) or ddim50, karras25, fast27, 10,10,3,2,2"
     if re.fullmatch(r"-?\d+", spelling) and int(spelling) < 1:
         n = int(spelling)
         raise OptionError(arg, f"cannot take {n} steps" if n < 0 else "must be >= 1, got 0")
     try:
-        count = step_count(spelling)
-    except ValueError as exc:
-        raise OptionError(arg, f"{exc}; use a count (100) or ddim50, karras25, fast27") from None
+        count = step_count(spelling) if spelling else 0
+    except ValueError as exc:  # the schedule's own reason, without its argument name
+        reason = str(exc).removeprefix("timestep_respacing: ").split(";")[0]
+        raise OptionError(arg, f"cannot read {value!r} ({reason}); {hint}") from None
     if count < 1:
-        raise OptionError(arg, f"cannot read {value!r}; use a count (100) or ddim50, karras25")
+        raise OptionError(arg, f"cannot read {value!r}; {hint}")
     return spelling
 
 

@@ -352,7 +352,7 @@ class Jobs:
         given = {k: whole(v) for k, v in fields.items() if v is not None}
         given.setdefault("steps", self.default(job, "steps"))
         count = str(given["steps"]).strip()
-        if count.isdigit() and int(count) > self.limits.max_steps:  # before the model's limits
+        if count.isdigit() and len(count) < 20 and int(count) > self.limits.max_steps:
             raise InputError(f"Steps must be between 1 and {self.limits.max_steps}, got {count}.")
         given["upsample_steps"] = self.upsample_steps
         text = check_prompt(prompt, self.limits)

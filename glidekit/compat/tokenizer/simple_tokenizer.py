@@ -66,42 +66,19 @@ class SimpleTokenizer(ClipTokenizer):
         return self.cache[token]
 
     def decode(self, tokens: Sequence[int]) -> str:  # type: ignore[override]
-        """The text of ``tokens``: each word end (``</w>``) becomes a space; special tokens are
-        spelled out; invalid UTF-8 becomes U+FFFD."""
+        """The text of ``tokens``: every word end (``</w>``) becomes a space (a trailing one
+        included), special tokens are spelled out, invalid UTF-8 becomes U+FFFD."""
+        # Token texts, "</w>" and the special tokens are all in the byte alphabet (printable
+        # ASCII maps to itself), so one pass over the characters gives the bytes.
         text = "".join(self.decoder[t] for t in tokens)
-        parts = [
-            part
-            if part in ("<|startoftext|>", "<|endoftext|>")
-            else bytes(self.byte_decoder[c] for c in part).decode("utf-8", errors="replace")
-            for part in regex.split(r"(<\|startoftext\|>|<\|endoftext\|>|</w>)", text)
-            if part and part != _WORD_END
-        ]
-        del parts
-        raw = bytearray()
-        for part in regex.split(r"(</w>)", text):
-            if part == _WORD_END:
-                raw += b" "
-            else:
-                raw += _to_bytes(part, self.byte_decoder)
-        return raw.decode("utf-8", errors="replace")
-
-
-def _to_bytes(text: str, byte_decoder: dict[str, int]) -> bytes:
-    # Special tokens are not in the byte alphabet: they stand for their own UTF-8 text.
-    out = bytearray()
-    for piece in regex.split(r"(<\|startoftext\|>|<\|endoftext\|>)", text):
-        if piece in ("<|startoftext|>", "<|endoftext|>"):
-            out += piece.encode("utf-8")
-        else:
-            out += bytes(byte_decoder[c] for c in piece)
-    return bytes(out)
+        raw = bytes(self.byte_decoder[c] for c in text).decode("utf-8", errors="replace")
+        return raw.replace(_WORD_END, " ")
 
 
 __all__ = [
     "SimpleTokenizer",
     "basic_clean",
     "bytes_to_unicode",
-    "default_bpe",
     "default_bpe",
     "get_pairs",
     "whitespace_clean",
