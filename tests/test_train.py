@@ -27,7 +27,7 @@ from train_fixtures import (  # noqa: F401 (restore_threads: an autouse fixture)
 from glidekit.checkpoints import load_unet as load_model
 from glidekit.checkpoints.modelfile import TOKENIZER_KEY, load_clip, read_metadata
 from glidekit.cli.main import main
-from glidekit.diffusion import GaussianDiffusion, sample
+from glidekit.diffusion import GaussianDiffusion, create_diffusion, sample
 from glidekit.nn.layers import sincos_position_embedding
 from glidekit.tokenizer import tokenize_batch
 from glidekit.train import load_checkpoint, load_config, train
@@ -540,7 +540,7 @@ def test_v_prediction_trains_exports_and_samples(tmp_path: Path) -> None:
     _, diffusion_cfg, _ = load_model(result.export)
     assert diffusion_cfg.prediction == "v"
     pipe = Text2ImagePipeline(str(result.export), None, device="cpu")
-    assert pipe.base.process("3", "steps").prediction == "v"
+    assert create_diffusion(pipe.base.diffusion, "3").prediction == "v"
     image = pipe("a red circle", steps="3", seed=0).images[0]
     assert image.size == (16, 16)
 

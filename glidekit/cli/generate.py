@@ -36,6 +36,7 @@ from glidekit.pipelines.images import (
     load_replace_mask,
     load_source,
 )
+from glidekit.pipelines.options import check_prompts
 from glidekit.pipelines.sources import RELEASED_CLIP, default_source
 
 logger = logging.getLogger(__name__)
@@ -232,7 +233,8 @@ def _progress(args: argparse.Namespace) -> bool:
 def _run(args: argparse.Namespace, pipe: GlidePipeline, prompts: Any, *inputs: Any,
          index: int | None = None, **kwargs: Any) -> int:  # fmt: skip
     """Check the options, the output folder, run the pipeline and write its PNGs."""
-    prompt_list, opts = pipe.check_inputs(prompts, **given_options(args))
+    prompt_list = check_prompts(prompts)
+    opts = pipe.options_class.build(given_options(args), pipe.model_defaults())
     check_outdir(args.outdir)
     if pipe.base_slot is not None:
         _warn_unknown(pipe, prompt_list)

@@ -67,8 +67,8 @@ class EditPipeline(GlidePipeline):
         sources = image_tensors(square, sizes)
         keeps = keep_tensors(replace, sizes) if replace is not None else [None, None]
         # 3. both stages start from the source noised to their strength
-        base = Stage("base", opts.steps, opts.sampler, opts.sampler_options,
-                     opts.guidance_scale, strength=opts.strength, source=sources[0],
+        base = Stage.of("base", opts, guidance_scale=opts.guidance_scale,
+                     strength=opts.strength, source=sources[0],
                      keep=keeps[0])  # fmt: skip
         up = None
         if upsample:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 
 from glidekit import __version__
-from glidekit.diffusion import sample_progressive
+from glidekit.diffusion import GaussianDiffusion, create_diffusion, sample_progressive
 from glidekit.errors import OptionError, OptionTypeError
 from glidekit.guidance import ClassifierFreeGuidance, known_region_replacer
 from glidekit.pipelines.devices import dtype_name, resolve_device, resolve_dtype
@@ -50,6 +50,15 @@ def start_index(strength: float, num_steps: int) -> int:
     return min(num_steps - 1, max(0, round(strength * num_steps) - 1))
 
 
+def stage_diffusion(lm: LoadedModel, stage: Stage) -> GaussianDiffusion:
+    """The diffusion ``lm`` was trained with, respaced to the stage's steps (a spelling the
+    model's schedule cannot take, e.g. karras25 on some schedules, names the stage's option)."""
+    try:
+        return create_diffusion(lm.diffusion, stage.steps)
+    except ValueError as exc:
+        raise OptionError(f"{stage.arg_prefix}steps", str(exc)) from None
+
+
 def expand_prompts(prompts: list[str], num_images: int) -> list[str]:
     """The batch rows: each prompt ``num_images`` times, prompt-major."""
     return [p for p in prompts for _ in range(num_images)]
@@ -71,6 +80,12 @@ class Stage:
     low_res: torch.Tensor | None = None  # (B, 3, s, s) in [-1, 1], upsampler only
     cond_fn: Any = None  # e.g. CLIP guidance, called on the stage's rows
     arg_prefix: str = field(default="")  # "upsample_" for the upsampler's options in errors
+
+    @classmethod
+    def of(cls, name: str, opts: RunOptions, **kwargs: Any) -> Stage:
+        """The stage ``name`` sampled with the run's own steps and sampler (the base stage of
+        a cascade, or the only stage of an upsampling run)."""
+        return cls(name, opts.steps, opts.sampler, opts.sampler_options, **kwargs)
 
     @classmethod
     def upsampler(cls, opts: CascadeOptions, **kwargs: Any) -> Stage:
@@ -255,7 +270,7 @@ class GlidePipeline:
                      callback: StepCallback | None = None) -> torch.Tensor:  # fmt: skip
         """Sample one stage for ``prompts`` (B rows); returns (B, 3, S, S) in [-1, 1]."""
         size, b = lm.model.config.image_size, len(prompts)
-        diffusion = lm.process(stage.steps, f"{stage.arg_prefix}steps")
+        diffusion = stage_diffusion(lm, stage)
         guided = stage.guidance_scale is not None
         n = 2 * b if guided else b
         kwargs = self._model_kwargs(lm, prompts + [""] * b if guided else prompts, stage, n)
@@ -314,10 +329,10 @@ class GlidePipeline:
         sampled (with ``low_memory`` the upsampler is loaded once the base is released)."""
         base = self.base if base_stage is not None else None
         if base is not None and base_stage is not None:
-            base.process(base_stage.steps, "steps")
+            stage_diffusion(base, base_stage)
         up = self.upsampler if up_stage is not None and not self.low_memory else None
         if up is not None and up_stage is not None:
-            up.process(up_stage.steps, f"{up_stage.arg_prefix}steps")
+            stage_diffusion(up, up_stage)
         generator = torch.Generator(device=self.device).manual_seed(opts.seed)
         low = None
         if base is not None and base_stage is not None:

@@ -70,8 +70,8 @@ class InpaintPipeline(GlidePipeline):
             size = self.base.model.config.image_size
             cond_fn = self.clip_slot.cond_fn(self.device, rows, opts.clip_guidance_scale, size)
             extra["clip"] = self.clip_label
-        base = Stage("base", opts.steps, opts.sampler, opts.sampler_options,
-                     opts.guidance_scale, source=sources[0], keep=keeps[0],
+        base = Stage.of("base", opts, guidance_scale=opts.guidance_scale,
+                     source=sources[0], keep=keeps[0],
                      cond_fn=cond_fn)  # fmt: skip
         up = Stage.upsampler(opts, source=sources[1], keep=keeps[1]) if upsample else None
         # 4. sample both stages and decode

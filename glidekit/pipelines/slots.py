@@ -19,7 +19,7 @@ from glidekit.checkpoints import CHECKPOINTS, load_into
 from glidekit.checkpoints.modelfile import is_unet_file, load_clip, load_unet, read_unet_config
 from glidekit.checkpoints.registry import lookup
 from glidekit.clip import NoisedCLIP
-from glidekit.diffusion import DiffusionConfig, GaussianDiffusion, create_diffusion
+from glidekit.diffusion import DiffusionConfig
 from glidekit.errors import MissingFileError, OptionError
 from glidekit.guidance import clip_cond_fn
 from glidekit.nn import RELEASED_CONFIGS, GlideUNet, create_model
@@ -45,13 +45,6 @@ class LoadedModel:
     diffusion: DiffusionConfig
     tokenizer: Tokenizer
     label: str
-
-    def process(self, respacing: str, arg: str = "steps") -> GaussianDiffusion:
-        """The diffusion this model was trained with, respaced to ``respacing``."""
-        try:
-            return create_diffusion(self.diffusion, respacing)
-        except ValueError as exc:
-            raise OptionError(arg, str(exc)) from None
 
 
 def _released(name: str, dtype: torch.dtype, path: Path | None = None, cache_dir: Any = None):

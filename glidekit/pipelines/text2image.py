@@ -51,11 +51,10 @@ class Text2ImagePipeline(GlidePipeline):
         if opts.guidance == "clip":
             size = self.base.model.config.image_size
             cond_fn = self.clip_slot.cond_fn(self.device, rows, opts.guidance_scale, size)
-            base = Stage("base", opts.steps, opts.sampler, opts.sampler_options, cond_fn=cond_fn)
+            base = Stage.of("base", opts, cond_fn=cond_fn)
             clip = {"clip": self.clip_label, "pipeline": "clip-guided"}  # as the notebook names it
         else:
-            base = Stage("base", opts.steps, opts.sampler, opts.sampler_options,
-                         opts.guidance_scale)  # fmt: skip
+            base = Stage.of("base", opts, guidance_scale=opts.guidance_scale)  # fmt: skip
         # 3. the upsampler stage (its low-res input is the base's output)
         up = Stage.upsampler(opts) if upsample else None
         # 4. sample both stages and decode to PIL images

@@ -47,8 +47,7 @@ class UpsamplePipeline(GlidePipeline):
         low_size = opts.low_res_size or self._upsampler_size() // 4
         (low,) = image_tensors(square, [low_size])
         rows = expand_prompts(prompts, opts.num_images)
-        stage = Stage("upsampler", opts.steps, opts.sampler, opts.sampler_options,
-                      temperature=opts.temperature,
+        stage = Stage.of("upsampler", opts, temperature=opts.temperature,
                       low_res=low.expand(len(rows), -1, -1, -1))  # fmt: skip
         # 3. sample and decode
         return self.run_cascade(rows, opts.replace(low_res_size=low_size), None, stage,
