@@ -1,9 +1,13 @@
-"""Shared test fixtures: where the reference data lives, and no network for tiktoken."""
+"""Shared test fixtures: where the reference data lives, no network for tiktoken, and a
+temporary folder of the suite's own (checked at the end: the suite leaves nothing in the
+system's temporary folder)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,22 @@ GOLDEN = REFERENCE / "golden"
 # tiktoken reads its vocabulary from this cache instead of downloading it.
 os.environ["TIKTOKEN_CACHE_DIR"] = str(REFERENCE / "vocab" / "tiktoken")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# Everything the tests and the programs they start write to "the temporary folder" (pytest's
+# tmp_path, gradio and gradio_client, torch.compile's cache, glidekit serve) goes here; the
+# system's temporary folder must hold no new entry when the suite ends.
+SYSTEM_TMP = Path(tempfile.gettempdir())
+_SYSTEM_TMP_BEFORE = set(os.listdir(SYSTEM_TMP))
+SUITE_TMP = Path(tempfile.mkdtemp(prefix="glidekit-tests-"))
+os.environ["TMPDIR"] = tempfile.tempdir = str(SUITE_TMP)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(SUITE_TMP, ignore_errors=True)
+    left = sorted(set(os.listdir(SYSTEM_TMP)) - _SYSTEM_TMP_BEFORE - {SUITE_TMP.name})
+    if left and os.environ.get("GLIDEKIT_CHECK_TMP", "1") != "0":
+        print(f"\nthe tests left {len(left)} new entries in {SYSTEM_TMP}: {left[:5]}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def load_golden(name: str) -> tuple[dict, dict[str, torch.Tensor]]:

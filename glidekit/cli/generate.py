@@ -101,10 +101,18 @@ def _common(p: argparse.ArgumentParser, *, upsample: bool = True) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
-def _image_input(p: argparse.ArgumentParser, prompts: str = "+") -> None:
-    p.add_argument("image", metavar="IMAGE")
-    if prompts:
-        p.add_argument("prompts", nargs=prompts, metavar="PROMPT")
+def _image_input(p: argparse.ArgumentParser, mask: str | None = None) -> None:
+    """IMAGE [MASK] PROMPT...: optional on the command line when ``--from PNG`` gives them."""
+    p.add_argument("image", nargs="?", metavar="IMAGE")
+    if mask:
+        p.add_argument("mask", nargs="?", metavar="MASK", help=mask)
+    p.add_argument("prompts", nargs="*", metavar="PROMPT")
+    p.add_argument(
+        "--from",
+        dest="from_png",
+        metavar="PNG",
+        help="repeat a glidekit PNG's run (its pictures, prompts and options)",
+    )
     p.add_argument(
         "--fit",
         choices=("crop", "pad"),
@@ -134,16 +142,12 @@ def register(subparsers: Any) -> None:
         "shapes models), else classifier-free (GLIDE's)",
     )
     gen.add_argument("--clip", action="store_true", help="the same as --guidance clip")
-    gen.add_argument(
-        "--clip-image-enc",
-        metavar="NAME_OR_PATH",
-        help="CLIP image encoder: released name or file (implies --clip)",
-    )
-    gen.add_argument(
-        "--clip-text-enc",
-        metavar="NAME_OR_PATH",
-        help="CLIP text encoder: released name or file (implies --clip)",
-    )
+    for tower in ("image", "text"):
+        gen.add_argument(
+            f"--clip-{tower}-enc",
+            metavar="NAME_OR_PATH",
+            help=f"CLIP {tower} encoder: released name or file (implies --clip)",
+        )
     _common(gen)
     gen.set_defaults(func=_generate, pipeline=Text2ImagePipeline)
 
@@ -152,10 +156,7 @@ def register(subparsers: Any) -> None:
         description="Inpaint IMAGE where MASK is white (black = keep; any image Pillow reads, "
         "the size of IMAGE). MASK 'alpha' uses IMAGE's transparency (transparent = repaint).",
     )  # fmt: skip
-    inp.add_argument("image", metavar="IMAGE")
-    inp.add_argument("mask", metavar="MASK", help="mask image (white = replace) or 'alpha'")
-    inp.add_argument("prompts", nargs="+", metavar="PROMPT")
-    inp.add_argument("--fit", choices=("crop", "pad"), help="non-square inputs: crop or pad")
+    _image_input(inp, mask="mask image (white = replace) or 'alpha'")
     inp.add_argument(
         "--clip-guidance-scale",
         type=float,
@@ -211,19 +212,12 @@ def build_pipeline(args: argparse.Namespace, **extra: Any) -> GlidePipeline:
     cls = args.pipeline
     opts = {"device": args.device, "dtype": args.dtype, "cache_dir": args.cache_dir,
             "low_memory": args.low_memory, "compile": args.compile, **extra}  # fmt: skip
+    base = None
+    if cls.base_role is not None:
+        base = getattr(args, "base", None) or default_source(cls.base_role)
     up = None if getattr(args, "no_upsample", False) else (
         args.upsampler or default_source(cls.upsampler_role))  # fmt: skip
-    if cls.base_role is None:
-        return cls(None, up, **opts)
-    return cls(getattr(args, "base", None) or default_source(cls.base_role), up, **opts)
-
-
-def _warn_unknown(pipe: GlidePipeline, prompts: list[str]) -> None:
-    unknown = pipe.unknown_words(prompts)
-    if unknown:
-        logger.warning("the base model does not know the words %s and ignores them (%s)",
-                       ", ".join(repr(w) for w in unknown),
-                       "see `glidekit info` for what the model can draw")  # fmt: skip
+    return cls(base, up, **opts)
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -236,8 +230,6 @@ def _run(args: argparse.Namespace, pipe: GlidePipeline, prompts: Any, *inputs: A
     prompt_list = check_prompts(prompts)
     opts = pipe.options_class.build(given_options(args), pipe.model_defaults())
     check_outdir(args.outdir)
-    if pipe.base_slot is not None:
-        _warn_unknown(pipe, prompt_list)
     result = pipe(prompt_list, *inputs, opts, progress=_progress(args), **kwargs)
     if index is not None and 0 <= index < len(result):
         result = result.select(index)
@@ -247,22 +239,47 @@ def _run(args: argparse.Namespace, pipe: GlidePipeline, prompts: Any, *inputs: A
 # --------------------------------------------------------------------------- commands
 
 
+#: The command that repeats a PNG, by the pipeline that made it.
+COMMAND_OF = {"text2image": "generate", "clip-guided": "generate", "inpaint": "inpaint",
+              "edit": "edit", "upsample": "upsample"}  # fmt: skip
+
+
 def _from_png(args: argparse.Namespace) -> tuple[list[str], int | None]:
     """Fill in what the command line left open from a glidekit PNG: its options (as defaults
-    the flags override), models and prompts. Returns (prompts, index): ``index`` is the image's
-    row in its batch when the batch is repeated as it was (only that image is written)."""
+    the flags override), models, input pictures and prompts. Returns (prompts, index):
+    ``index`` is the image's row in its batch when the batch is repeated as it was (only that
+    image is written)."""
     params = read_png_params(args.from_png, "--from")
-    if params.get("pipeline") not in ("text2image", "clip-guided"):
-        raise UsageError(f"--from: {args.from_png!r} was made by the {params.get('pipeline')!r} "
-                         f"pipeline; repeat it with `glidekit {params.get('pipeline')}`")  # fmt: skip
+    made_by = COMMAND_OF.get(str(params.get("pipeline")), str(params.get("pipeline")))
+    if made_by != args.command:
+        raise UsageError(f"--from: {args.from_png!r} was made by `glidekit {made_by}`; "
+                         "repeat it with that command")  # fmt: skip
     same_batch = not args.prompts and args.num_images is None and args.seed is None
-    recorded = Text2ImagePipeline.options_class.from_params(params)
+    recorded = args.pipeline.options_class.from_params(params)
     for name, value in recorded.items():  # flags given win
         if name == "sampler_options" and args.eta is not None:
             continue
         if getattr(args, name, None) is None and not (name == "upsample" and args.no_upsample):
             setattr(args, name, value)
-    args.no_upsample = args.no_upsample or not recorded.get("upsample", True)
+    if hasattr(args, "no_upsample"):
+        args.no_upsample = args.no_upsample or not recorded.get("upsample", True)
+    if args.command == "generate":
+        _from_png_guidance(args, params, recorded)
+    for key in ("base", "upsampler", "image", "mask"):
+        if hasattr(args, key) and getattr(args, key) is None and params.get(key):
+            if params[key] == "custom" or str(params[key]).startswith("<"):
+                flag = f"--{key}" if key in ("base", "upsampler") else key.upper()
+                raise UsageError(f"--from: the {key} was given in Python; pass {flag}")
+            setattr(args, key, params[key])
+    num = int(params.get("num_images") or 1)
+    prompts = args.prompts or (params.get("prompts") or [])[::num]
+    index = params.get("index") if same_batch and not params.get("grid") else None
+    return prompts, index
+
+
+def _from_png_guidance(args: argparse.Namespace, params: dict[str, Any],
+                       recorded: dict[str, Any]) -> None:  # fmt: skip
+    """The PNG's guidance, and its CLIP, unless the command line says otherwise."""
     if args.guidance == "auto" and not args.clip:
         args.guidance = recorded.get("guidance", "classifier-free")
     if args.guidance == "clip" and not (args.clip_image_enc or args.clip_text_enc):
@@ -271,15 +288,18 @@ def _from_png(args: argparse.Namespace) -> tuple[list[str], int | None]:
             args.clip_image_enc, args.clip_text_enc = towers
         elif towers[0]:
             args.clip_image_enc = args.clip_text_enc = towers[0]
-    for key in ("base", "upsampler"):
-        if getattr(args, key, None) is None and params.get(key):
-            if params[key] == "custom":
-                raise UsageError(f"--from: the {key} model was built in Python; pass --{key}")
-            setattr(args, key, params[key])
-    num = int(params.get("num_images") or 1)
-    prompts = args.prompts or (params.get("prompts") or [])[::num]
-    index = params.get("index") if same_batch and not params.get("grid") else None
-    return prompts, index
+
+
+def _inputs(args: argparse.Namespace, *names: str) -> tuple[list[str], int | None]:
+    """The prompts (and the row to keep) of a picture command, after ``--from``; IMAGE and the
+    other ``names`` are required unless the PNG gave them."""
+    prompts, index = _from_png(args) if args.from_png else (args.prompts, None)
+    for name in names:
+        if getattr(args, name, None) is None:
+            raise UsageError(f"{name.upper()}: required (or --from PNG)")
+    if not prompts:
+        raise UsageError("PROMPT: no prompt given (pass one or --from PNG)")
+    return prompts, None if index is None else int(index)
 
 
 def _clip_source(args: argparse.Namespace) -> Any:
@@ -335,17 +355,20 @@ def _check_pictures(args: argparse.Namespace, mask: Any, *, allow_full: bool = F
 
 
 def _inpaint(args: argparse.Namespace) -> int:
+    prompts, index = _inputs(args, "image", "mask")
     mask = None if args.mask.strip().lower() == "alpha" else args.mask
     _check_pictures(args, mask)
-    return _run(args, build_pipeline(args), args.prompts, args.image, mask)
+    return _run(args, build_pipeline(args), prompts, args.image, mask, index=index)
 
 
 def _upsample(args: argparse.Namespace) -> int:
+    prompts, index = _inputs(args, "image")
     load_source(args.image, args.fit or "crop", name="IMAGE",
                 max_pixels=int(args.max_megapixels * 1e6))  # fmt: skip
-    return _run(args, build_pipeline(args), args.prompts, args.image)
+    return _run(args, build_pipeline(args), prompts, args.image, index=index)
 
 
 def _edit(args: argparse.Namespace) -> int:
+    prompts, index = _inputs(args, "image")
     _check_pictures(args, args.mask, allow_full=True)
-    return _run(args, build_pipeline(args), args.prompts, args.image, mask=args.mask)
+    return _run(args, build_pipeline(args), prompts, args.image, mask=args.mask, index=index)

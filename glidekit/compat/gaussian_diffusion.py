@@ -76,7 +76,9 @@ def betas_for_alpha_bar(
     """Betas discretising ``alpha_bar`` (t in [0, 1] -> the cumulative product of 1 - beta):
     beta_i = min(1 - alpha_bar((i+1)/T) / alpha_bar(i/T), max_beta)."""
     n = num_diffusion_timesteps
-    return np.array([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), max_beta) for i in range(n)])
+    return np.array(
+        [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), max_beta) for i in range(n)]
+    )
 
 
 # ------------------------------------------------------------------------------- helpers

@@ -24,9 +24,11 @@ EMBEDDED_FILES: dict[str, str] = {
 
 #: What the embedded models can draw: every word their tokenizers know (also in each file).
 VOCABULARY_NOTE = (
-    "The embedded shapes-world models draw one circle, square or triangle, small or large, in "
-    "one of nine places (top left ... bottom right, at the center) in one colour on a plain "
-    "background, e.g. 'a small red circle in the top left on a white background'."
+    "The embedded shapes-world models (32x32, upsampled to 128x128) draw one circle, square or "
+    "triangle, small or large, red, green, blue, yellow, purple, orange, white or black, in the "
+    "top left, top right, bottom left, bottom right or at the center, on a plain background of "
+    "one of those colours, e.g. 'a small red circle in the top left on a white background'; "
+    "other words are ignored."
 )
 
 

@@ -14,6 +14,7 @@ the order of the official notebooks, so a seed means the same images for the sam
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,11 +27,21 @@ from glidekit.diffusion import GaussianDiffusion, create_diffusion, sample_progr
 from glidekit.errors import OptionError, OptionTypeError
 from glidekit.guidance import ClassifierFreeGuidance, known_region_replacer
 from glidekit.pipelines.devices import dtype_name, resolve_device, resolve_dtype
+from glidekit.pipelines.images import (
+    check_mask_coverage,
+    image_tensors,
+    input_label,
+    keep_tensors,
+    load_replace_mask,
+    load_source,
+)
 from glidekit.pipelines.options import CascadeOptions, RunOptions, check_prompts
 from glidekit.pipelines.results import PipelineResult, jsonable, tensor_to_images
 from glidekit.pipelines.slots import ClipSlot, LoadedModel, ModelSlot
 from glidekit.pipelines.sources import ModelSource, default_source
 from glidekit.tokenizer import tokenize_batch, unknown_words
+
+logger = logging.getLogger(__name__)
 
 #: Called after every sampler step as ``callback(stage, step, total)`` with stage "base" or
 #: "upsampler" and step counting from 1; an exception it raises stops the run (cancel).
@@ -240,13 +251,6 @@ class GlidePipeline:
             options = options.replace(**kwargs) if kwargs else options
         return prompts, options
 
-    def unknown_words(self, prompts: list[str]) -> list[str]:
-        """Words of ``prompts`` the base model's tokenizer does not know (a closed-vocabulary
-        model, such as the embedded shapes models, ignores them)."""
-        if self.base_slot is None:
-            return []
-        return unknown_words(self.base.tokenizer, prompts)
-
     def params(self, opts: RunOptions, **extra: Any) -> dict[str, Any]:
         """Everything that made a result: models, device, options and ``extra``."""
         out = {
@@ -330,6 +334,11 @@ class GlidePipeline:
         base = self.base if base_stage is not None else None
         if base is not None and base_stage is not None:
             stage_diffusion(base, base_stage)
+            unknown = unknown_words(base.tokenizer, list(dict.fromkeys(rows)))
+            if unknown:  # a closed-vocabulary model (the embedded ones) ignores them
+                logger.warning("the base model does not know the words %s and ignores them "
+                               "(its vocabulary: `glidekit info`)",
+                               ", ".join(repr(w) for w in unknown))  # fmt: skip
         up = self.upsampler if up_stage is not None and not self.low_memory else None
         if up is not None and up_stage is not None:
             stage_diffusion(up, up_stage)
@@ -357,3 +366,58 @@ class GlidePipeline:
             samples=final.detach().cpu(),
             low_res=tensor_to_images(low) if (low is not None and up_stage is not None) else None,
         )
+
+
+@dataclass
+class PictureInputs:
+    """A run's input picture (and mask) at each stage's size: ``sources[i]`` (1, 3, S, S) in
+    [-1, 1], ``keeps[i]`` (1, 1, S, S), 1 = keep the source (None: no mask)."""
+
+    sources: list[torch.Tensor]
+    keeps: list[torch.Tensor | None]
+
+
+class PicturePipeline(GlidePipeline):
+    """A cascade that starts from the user's picture (inpainting, editing): one ``__call__``;
+    each pipeline says what its stages are (:meth:`stages`) and whether a mask is required."""
+
+    mask_required: ClassVar[bool] = True
+
+    def __call__(
+        self,
+        prompt: str | list[str],
+        image: Any,
+        mask: Any | None = None,
+        options: RunOptions | None = None,
+        *,
+        progress: bool = False,
+        callback: StepCallback | None = None,
+        **kwargs: Any,
+    ) -> PipelineResult:
+        """Run on ``image`` (a path, bytes, PIL image or (3, H, W) tensor in [-1, 1]) with
+        ``mask`` (the same kinds; white = replace; inpainting without a mask: the image's
+        alpha channel); the options are the pipeline's (keyword arguments or ``options=``)."""
+        # 1. check inputs: options, picture and mask (before any model is loaded)
+        prompts, opts = self.check_inputs(prompt, options, **kwargs)
+        square = load_source(image, opts.fit, keep_hidden=mask is None and self.mask_required)
+        replace = None
+        if mask is not None or self.mask_required:
+            replace = check_mask_coverage(load_replace_mask(image, mask, opts.fit), "mask",
+                                          allow_full=not self.mask_required)  # fmt: skip
+        opts = opts.replace(upsample=opts.upsample and self.upsampler_slot is not None)
+        # 2. source and keep-mask at each stage's size
+        sizes = self.image_sizes(opts.upsample)
+        keeps = keep_tensors(replace, sizes) if replace is not None else [None, None]
+        inputs = PictureInputs(image_tensors(square, sizes), keeps)
+        rows = expand_prompts(prompts, opts.num_images)
+        # 3. the stages (each pipeline's own)
+        base, up, extra = self.stages(opts, rows, inputs)
+        # 4. sample both stages and decode
+        mask_label = input_label(mask) if mask is not None or not self.mask_required else "alpha"
+        return self.run_cascade(rows, opts, base, up, progress=progress, callback=callback,
+                                image=input_label(image), mask=mask_label, **extra)  # fmt: skip
+
+    def stages(self, opts: Any, rows: list[str],
+               inputs: PictureInputs) -> tuple[Stage, Stage | None, dict[str, Any]]:  # fmt: skip
+        """(base stage, upsampler stage or None, extra params) of this run."""
+        raise NotImplementedError

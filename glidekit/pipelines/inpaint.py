@@ -12,20 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from glidekit.pipelines.engine import GlidePipeline, Stage, StepCallback, expand_prompts
-from glidekit.pipelines.images import (
-    check_mask_coverage,
-    image_tensors,
-    input_label,
-    keep_tensors,
-    load_replace_mask,
-    load_source,
-)
+from glidekit.pipelines.engine import PictureInputs, PicturePipeline, Stage
 from glidekit.pipelines.options import InpaintOptions
-from glidekit.pipelines.results import PipelineResult
 
 
-class InpaintPipeline(GlidePipeline):
+class InpaintPipeline(PicturePipeline):
     """GLIDE inpainting, as the official inpaint notebook runs it.
 
     >>> pipe = InpaintPipeline.from_pretrained()     # the package's default inpainting models
@@ -43,42 +34,18 @@ class InpaintPipeline(GlidePipeline):
     base_role = "base_inpaint"
     upsampler_role = "upsampler_inpaint"
 
-    def __call__(
-        self,
-        prompt: str | list[str],
-        image: Any,
-        mask: Any | None = None,
-        options: InpaintOptions | None = None,
-        *,
-        progress: bool = False,
-        callback: StepCallback | None = None,
-        **kwargs: Any,
-    ) -> PipelineResult:
-        """Repaint the masked region of ``image`` with ``prompt``."""
-        # 1. check inputs: options, picture and mask (before any model is loaded)
-        prompts, opts = self.check_inputs(prompt, options, **kwargs)
-        square = load_source(image, opts.fit, keep_hidden=mask is None)
-        replace = check_mask_coverage(load_replace_mask(image, mask, opts.fit), "mask")
-        upsample = opts.upsample and self.upsampler_slot is not None
-        # 2. source and keep-mask at each stage's size
-        sizes = self.image_sizes(upsample)
-        sources, keeps = image_tensors(square, sizes), keep_tensors(replace, sizes)
-        rows = expand_prompts(prompts, opts.num_images)
-        # 3. the base stage: classifier-free guidance, plus the CLIP's gradient if asked
-        cond_fn, extra = None, {}
+    def stages(self, opts: InpaintOptions, rows: list[str],
+               inputs: PictureInputs) -> tuple[Stage, Stage | None, dict[str, Any]]:  # fmt: skip
+        """Classifier-free guidance, plus the CLIP's gradient if asked, with the known region
+        kept in both stages."""
+        cond_fn, extra = None, {"guidance": "classifier-free"}
         if opts.clip_guidance_scale > 0:
             size = self.base.model.config.image_size
             cond_fn = self.clip_slot.cond_fn(self.device, rows, opts.clip_guidance_scale, size)
-            extra["clip"] = self.clip_label
-        base = Stage.of("base", opts, guidance_scale=opts.guidance_scale,
-                     source=sources[0], keep=keeps[0],
-                     cond_fn=cond_fn)  # fmt: skip
-        up = Stage.upsampler(opts, source=sources[1], keep=keeps[1]) if upsample else None
-        # 4. sample both stages and decode
-        return self.run_cascade(
-            rows, opts.replace(upsample=upsample), base, up, progress=progress,
-            callback=callback, image=input_label(image),
-            mask=input_label(mask) if mask is not None else "alpha",
-            guidance="classifier-free+clip" if cond_fn is not None else "classifier-free",
-            **extra,
-        )  # fmt: skip
+            extra = {"guidance": "classifier-free+clip", "clip": self.clip_label}
+        src, up_src = (inputs.sources + [None])[:2]
+        keep, up_keep = (inputs.keeps + [None])[:2]
+        base = Stage.of("base", opts, guidance_scale=opts.guidance_scale, source=src, keep=keep,
+                        cond_fn=cond_fn)  # fmt: skip
+        up = Stage.upsampler(opts, source=up_src, keep=up_keep) if opts.upsample else None
+        return base, up, extra

@@ -38,6 +38,10 @@ RELEASED: dict[str, Any] = {
     "clip": RELEASED_CLIP,
 }
 
+#: How each role is named in messages.
+ROLE_NAMES = {"base": "base", "upsampler": "upsampler", "base_inpaint": "inpainting base",
+              "upsampler_inpaint": "inpainting upsampler", "clip": "CLIP"}  # fmt: skip
+
 #: Prefix of an embedded model's label in params ("embedded:shapes-base.safetensors").
 EMBEDDED_PREFIX = "embedded:"
 
@@ -62,7 +66,7 @@ def default_source(role: str) -> ModelSource:
         return None if role.startswith("upsampler") else RELEASED[role]
     logger.info("no released %s checkpoint in the cache: the %s is the embedded shapes-world "
                 "model %s (`glidekit download` fetches the released weights)",
-                family_base, role.replace("_", " "), path.name)  # fmt: skip
+                family_base, ROLE_NAMES[role], path.name)  # fmt: skip
     return str(path)
 
 

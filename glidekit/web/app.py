@@ -22,6 +22,7 @@ from typing import Any
 from PIL import Image, ImageChops
 
 from glidekit.pipelines import available_samplers
+from glidekit.web.jobs import SETTINGS as SETTING_NAMES
 from glidekit.web.jobs import (
     CancelFlags,
     InputError,
@@ -42,9 +43,9 @@ DEVICE_GROUP = "device"  # the concurrency group every sampling job runs in
 
 #: The settings every job takes after its prompt, with their types: the page's controls and the
 #: API endpoints' last arguments, in this order.
-SETTINGS: dict[str, Any] = {"num_images": float, "guidance_scale": float, "steps": str,
-                            "sampler": str, "seed": float | None, "random_seed": bool,
-                            "upsample": bool}  # fmt: skip
+SETTINGS: dict[str, Any] = dict(
+    zip(SETTING_NAMES, (float, float, str, str, float | None, bool, bool), strict=True)
+)
 
 #: A job's results on the page: the gallery ((PNG, caption) pairs), the seed used, the PNGs.
 Outputs = tuple[list[tuple[str, str]], int | None, list[str]]

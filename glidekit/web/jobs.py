@@ -151,6 +151,9 @@ def check_prompt(prompt: Any, limits: Limits) -> str:
     return text
 
 
+#: The page's settings of a job, in the order the page (and the API) sends them.
+SETTINGS = ("num_images", "guidance_scale", "steps", "sampler", "seed", "random_seed", "upsample")
+
 #: How the page labels each option in the messages it shows (the checks are the options').
 LABELS = {"prompt": "Prompt", "num_images": "Number of images", "guidance_scale": "Guidance scale",
           "steps": "Steps", "sampler": "Sampler", "seed": "Seed",
@@ -422,7 +425,9 @@ class Jobs:
             try:
                 return pipe(*args, **kwargs)
             except OptionError as exc:
-                raise InputError(exc.spelled(LABELS.get(exc.arg, exc.arg), exc.message) + ".") from None
+                raise InputError(
+                    exc.spelled(LABELS.get(exc.arg, exc.arg), exc.message) + "."
+                ) from None
             except (ValueError, TypeError) as exc:
                 raise InputError(str(exc)) from None
 
@@ -454,33 +459,31 @@ class Jobs:
             paths.append(save_png(img, folder / f"{stem}-{i}.png", params))
         return paths
 
-    def generate(
-        self,
-        prompt: Any,
-        num_images: Any = 1,
-        guidance_scale: Any = None,
-        steps: Any = None,
-        sampler: Any = "ancestral",
-        seed: Any = None,
-        random_seed: bool = True,
-        upsample: bool = True,
-        progress: bool = False,
-        status: Callable[[str], None] | None = None,
-        callback: Callable[[str, int, int], None] | None = None,
-    ) -> JobResult:
+    def _request(self, job: str, prompt: Any, settings: tuple, named: dict[str, Any]):
+        """A request's prompt and options from the page's settings, in :data:`SETTINGS`
+        order (positional) or by name; unset ones take :meth:`default`."""
+        fields = dict(zip(SETTINGS, settings, strict=False)) | named
+        unknown = set(fields) - set(SETTINGS)
+        if unknown:
+            raise TypeError(f"{job}: unknown settings {sorted(unknown)}")
+        seed = seed_field(fields.pop("seed", None), bool(fields.pop("random_seed", True)))
+        fields["upsample"] = bool(fields.get("upsample", True))
+        return self.options(job, prompt, seed=seed, **fields)
+
+    def generate(self, prompt: Any, *settings: Any, progress: bool = False,
+                 status: Callable[[str], None] | None = None,
+                 callback: Callable[[str, int, int], None] | None = None,
+                 **named: Any) -> JobResult:  # fmt: skip
         """Text to image; returns the PNG paths. Raises :class:`InputError` for bad input.
 
-        ``guidance_scale`` / ``steps``: None = :meth:`default` (classifier-free 3.0 and
-        ``config.default_steps``; the embedded models' own, CLIP guidance, with those).
-
-        ``progress``: the pipelines' progress bars (tqdm); ``status``: called with what the job
-        is doing ("Waiting for the previous job to finish", "Loading the models", "Sampling");
-        ``callback(stage, step, total)`` after every sampler step (raising in it cancels).
+        ``settings``: the page's settings (:data:`SETTINGS`: num_images, guidance_scale, steps,
+        sampler, seed, random_seed, upsample), positional or by name; None or left out = the
+        model's defaults (:meth:`default`). ``progress``: the pipelines' progress bars (tqdm);
+        ``status``: called with what the job is doing ("Waiting for the previous job to
+        finish", "Loading the models", "Sampling"); ``callback(stage, step, total)`` after
+        every sampler step (raising in it cancels).
         """
-        prompt, opts = self.options("generate", prompt, num_images=num_images,
-                                    guidance_scale=guidance_scale, steps=steps, sampler=sampler,
-                                    seed=seed_field(seed, bool(random_seed)),
-                                    upsample=bool(upsample))  # fmt: skip
+        prompt, opts = self._request("generate", prompt, settings, named)
         result = self._sample(self.text2image, status, prompt, opts, progress=progress,
                               callback=callback)  # fmt: skip
         folder = self._request_dir()
@@ -488,29 +491,13 @@ class Jobs:
         logger.info("generate: %d image(s), seed %d -> %s", len(paths), opts.seed, folder.name)
         return JobResult(paths, opts.seed, result.params)
 
-    def inpaint(
-        self,
-        image: Image.Image,
-        mask: Image.Image | None,
-        prompt: Any,
-        num_images: Any = 1,
-        guidance_scale: Any = None,
-        steps: Any = None,
-        sampler: Any = "ancestral",
-        seed: Any = None,
-        random_seed: bool = True,
-        upsample: bool = True,
-        progress: bool = False,
-        status: Callable[[str], None] | None = None,
-        callback: Callable[[str, int, int], None] | None = None,
-    ) -> JobResult:
-        """Replace the white region of ``mask`` in ``image`` (both decoded and checked);
-        ``guidance_scale`` / ``steps``: None = :meth:`default` (5.0 and
-        ``config.default_steps``, or the embedded inpainting model's)."""
-        prompt, opts = self.options("inpaint", prompt, num_images=num_images,
-                                    guidance_scale=guidance_scale, steps=steps, sampler=sampler,
-                                    seed=seed_field(seed, bool(random_seed)),
-                                    upsample=bool(upsample))  # fmt: skip
+    def inpaint(self, image: Image.Image, mask: Image.Image | None, prompt: Any, *settings: Any,
+                progress: bool = False, status: Callable[[str], None] | None = None,
+                callback: Callable[[str, int, int], None] | None = None,
+                **named: Any) -> JobResult:  # fmt: skip
+        """Replace the white region of ``mask`` in ``image`` (both decoded and checked); the
+        rest as :meth:`generate`."""
+        prompt, opts = self._request("inpaint", prompt, settings, named)
         if mask is None:
             raise InputError(
                 "Mask: paint over the region to replace with the brush, or upload a mask "

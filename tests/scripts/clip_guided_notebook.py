@@ -7,15 +7,17 @@ import json
 import os
 
 import torch as th
+import torch.nn as nn  # noqa: F401  (the notebook imports it)
 from PIL import Image
 
-from glidekit.compat import (
-    create_clip_model,
+from glidekit.compat.clip.model_creation import create_clip_model
+from glidekit.compat.download import load_checkpoint
+from glidekit.compat.model_creation import (
     create_model_and_diffusion,
-    load_checkpoint,
     model_and_diffusion_defaults,
     model_and_diffusion_defaults_upsampler,
 )
+from glidekit.compat.tokenizer.simple_tokenizer import SimpleTokenizer  # noqa: F401
 
 _tiny = json.loads(os.environ.get("GLIDEKIT_NOTEBOOK_OPTIONS", "{}"))
 _out = os.environ.get("GLIDEKIT_NOTEBOOK_OUT", ".")

@@ -13,9 +13,9 @@ import torch as th
 import torch.nn.functional as F
 from PIL import Image
 
-from glidekit.compat import (
+from glidekit.compat.download import load_checkpoint
+from glidekit.compat.model_creation import (
     create_model_and_diffusion,
-    load_checkpoint,
     model_and_diffusion_defaults,
     model_and_diffusion_defaults_upsampler,
 )

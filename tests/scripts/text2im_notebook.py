@@ -8,9 +8,9 @@ import os
 import torch as th
 from PIL import Image
 
-from glidekit.compat import (
+from glidekit.compat.download import load_checkpoint
+from glidekit.compat.model_creation import (
     create_model_and_diffusion,
-    load_checkpoint,
     model_and_diffusion_defaults,
     model_and_diffusion_defaults_upsampler,
 )

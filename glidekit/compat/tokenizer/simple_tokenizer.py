@@ -36,6 +36,9 @@ def whitespace_clean(text: str) -> str:
     return _BLANKS.sub(" ", text).strip()
 
 
+_DEFAULT_BPE = default_bpe()
+
+
 class SimpleTokenizer(ClipTokenizer):
     """CLIP BPE tokenizer (49,408 ids; start 49406, end 49407) with the official interface.
 
@@ -44,7 +47,7 @@ class SimpleTokenizer(ClipTokenizer):
     ``byte_encoder``/``byte_decoder``, ``bpe_ranks`` ({pair: rank}), ``cache``, ``pat``.
     """
 
-    def __init__(self, bpe_path: str | os.PathLike[str] = default_bpe()) -> None:
+    def __init__(self, bpe_path: str | os.PathLike[str] = _DEFAULT_BPE) -> None:
         super().__init__(bpe_path)
         self.byte_encoder = self._byte_encoder
         self.byte_decoder = self._byte_decoder
@@ -57,6 +60,13 @@ class SimpleTokenizer(ClipTokenizer):
             r"""|[^\s\p{L}\p{N}]+""",
             regex.IGNORECASE,
         )
+
+    def padded_tokens_and_len(  # type: ignore[override]
+        self, tokens: Sequence[int], text_ctx: int
+    ) -> tuple[list[int], int]:
+        """``[start] + tokens[:text_ctx - 2] + [end]`` padded with 0 to ``text_ctx``, and the
+        number of real tokens (start and end included)."""
+        return super().padded_tokens_and_len(tokens, text_ctx)
 
     def bpe(self, token: str) -> str:
         """The BPE pieces of one word ``token`` (in the byte alphabet), space-separated, the

@@ -34,7 +34,7 @@ from glidekit.train import load_checkpoint, load_config, train
 from glidekit.train.config import TrainConfig
 from glidekit.train.trainer import Trainer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------------ config
