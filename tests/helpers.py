@@ -151,9 +151,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(folder: Path, *extra: str, queue_size: int = 4) -> Server:
-    """``glidekit serve`` on tiny models on a free loopback port; waits until it answers."""
-    models = save_tiny_models(folder / "models")
+def start_server(folder: Path, *extra: str, queue_size: int = 4, tiny: bool = True) -> Server:
+    """``glidekit serve`` on tiny models (``tiny=False``: the package's default models, with
+    their own defaults) on a free loopback port; waits until it answers."""
     tmp = folder / "tmp"
     tmp.mkdir()
     port = free_port()
@@ -162,12 +162,15 @@ def start_server(folder: Path, *extra: str, queue_size: int = 4) -> Server:
     cmd = [
         sys.executable, "-m", "glidekit.cli.main", "serve",
         "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-        "--base", str(models["base"]), "--upsampler", str(models["upsample"]),
-        "--inpaint", str(models["base-inpaint"]),
-        "--inpaint-upsampler", str(models["upsample-inpaint"]),
-        "--steps", "4", "--upsample-steps", "ddim4", "--queue-size", str(queue_size),
-        *extra,
+        "--queue-size", str(queue_size),
     ]  # fmt: skip
+    if tiny:
+        models = save_tiny_models(folder / "models")
+        cmd += ["--base", str(models["base"]), "--upsampler", str(models["upsample"]),
+                "--inpaint", str(models["base-inpaint"]),
+                "--inpaint-upsampler", str(models["upsample-inpaint"]),
+                "--steps", "4", "--upsample-steps", "ddim4"]  # fmt: skip
+    cmd += extra
     log = folder / "server.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)

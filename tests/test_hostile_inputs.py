@@ -17,8 +17,6 @@ and no file written or replaced.
 Peak memory is the child's own ``ru_maxrss`` (``os.wait4``), compared with the same command
 refusing a missing file (the interpreter, torch and glidekit imported: the baseline).
 
-Tests marked ``xfail(strict=True)`` pin shortfalls found while writing these tests (in files this
-suite's author does not own); each reason says what is wrong. Remove the mark with the fix.
 """
 
 from __future__ import annotations
@@ -43,6 +41,7 @@ from PIL import Image
 
 from glidekit.checkpoints import Manifest, fetch
 from glidekit.checkpoints.download import DownloadVerificationError
+from glidekit.cli.bulk import lock_path
 from glidekit.pipelines.images import MAX_PIXELS, load_source
 
 REPO = Path(__file__).resolve().parents[1]
@@ -244,13 +243,6 @@ def test_the_memory_measure_sees_a_decode(tmp_path, pictures, bundles, baseline_
     assert run.peak_mb > baseline_mb + 100, (run.peak_mb, baseline_mb)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="glidekit/pipelines/images.py _decode: Image.open of a picture between PIL's warning "
-    "and error limits (89.5 to 179 MP, e.g. 12000x12000) prints a two-line "
-    "DecompressionBombWarning to stderr before the one-line error; glidekit checks the size "
-    "itself, so the warning should be silenced around Image.open",
-)
 def test_item8_the_refusal_is_one_line(tmp_path, pictures, bundles):
     run = run_cli(
         _picture_args("upsample", "image", pictures["big"], pictures, bundles, tmp_path / "o"),
@@ -291,18 +283,12 @@ def _max_megapixels_defaults() -> dict[str, float]:
     return defaults
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="glidekit/cli/serve.py: `serve --max-megapixels` defaults to 16.8 (16,800,000 "
-    "pixels) while inpaint/upsample/edit and glidekit.web.jobs.Limits use MAX_PIXELS = 4096*4096 "
-    "(16,777,216): a 4100x4096 picture passes the web app started by `glidekit serve` but not "
-    "the CLI",
-)
 def test_item8_serve_shares_the_limit():
     defaults = _max_megapixels_defaults()
     assert defaults.get("serve", MAX_PIXELS / 1e6) == MAX_PIXELS / 1e6, defaults
 
 
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_item8_python_api_refuses_from_the_header(pictures):
     """The same check in Python: ``ValueError`` naming the argument, nothing decoded."""
     for key, size in (("big", "12000x12000"), ("bomb", None)):
@@ -316,12 +302,6 @@ def test_item8_python_api_refuses_from_the_header(pictures):
     assert load_source(pictures["small"].read_bytes()).size == (64, 64)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="glidekit/cli/generate.py: --max-megapixels is not validated; `inf` ends in a "
-    "traceback (OverflowError from int(inf * 1e6), exit 1), `nan` in 'cannot convert float NaN "
-    "to integer' without naming the option, and 0 or negative values are accepted",
-)
 def test_item8_bad_max_megapixels_values_are_refused_naming_the_option(tmp_path, pictures):
     for value in ("inf", "nan", "-1"):
         run = run_cli(
@@ -332,13 +312,6 @@ def test_item8_bad_max_megapixels_values_are_refused_naming_the_option(tmp_path,
         assert run.one_line, run.err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="glidekit/pipelines/results.py read_png_params (generate --from, and the bulk job's "
-    "check of an existing PNG): Image.open + img.load() with no size check; a 30000x30000 PNG "
-    "raises DecompressionBombError (not an OSError: traceback, exit 1) and a 12000x12000 one is "
-    "decoded in full (+140 MB) only to read its text chunk",
-)
 def test_items7_8_generate_from_a_bomb_png(tmp_path, pictures, baseline_mb):
     for key in ("bomb", "big"):
         run = run_cli(["generate", "--from", str(pictures[key]), "-o", str(tmp_path / "o")],
@@ -384,12 +357,6 @@ def test_item9_a_users_file_with_an_items_name_is_never_replaced(tmp_path, bundl
                m.read_text().splitlines())  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="glidekit/cli/bulk.py _run_locked: job.json and an empty manifest.rank0.jsonl are "
-    "written before the first item is sampled and only then is the user's file found (the "
-    "check of the names comes after sampling); a refused run leaves them in the user's folder",
-)
 def test_item9_a_refused_bulk_run_writes_nothing(tmp_path, bundles):
     prompts, outdir, _ = _user_folder(tmp_path)
     before = listing(outdir)
@@ -398,12 +365,6 @@ def test_item9_a_refused_bulk_run_writes_nothing(tmp_path, bundles):
     assert listing(outdir) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="glidekit/cli/bulk.py _ours -> read_png_params: a user's PNG of 30000x30000 pixels "
-    "under an item's name raises DecompressionBombError, which `except (ValueError, OSError)` "
-    "does not catch: traceback, exit 1 (the file is not replaced)",
-)
 def test_item9_a_users_bomb_png_with_an_items_name(tmp_path, bundles, pictures):
     prompts, outdir, _ = _user_folder(tmp_path)
     (outdir / "mine.png").write_bytes(pictures["bomb"].read_bytes())
@@ -428,7 +389,7 @@ def test_item9_a_second_identical_job_fails_at_once(tmp_path, bundles):
         stderr=subprocess.PIPE,
         text=True,
     )
-    lock = outdir / ".bulk.rank0.lock"
+    lock = lock_path(outdir, 0, Path(env["GLIDEKIT_CACHE"]))  # in the cache, not the folder
     deadline = time.monotonic() + 60
     while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -456,7 +417,7 @@ def test_item9_a_second_identical_job_fails_at_once(tmp_path, bundles):
     ]
     assert sorted(r["index"] for r in records) == [0, 1, 2]  # ...and wrote each item once
     assert len(list(outdir.glob("*.png"))) == 3 and len(out.split()) == 3
-    assert not lock.exists()
+    assert not list(outdir.glob("*.lock")) and not list(outdir.glob(".*.lock"))
 
 
 # ----------------------------------------------------------------------------- item 13

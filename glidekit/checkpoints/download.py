@@ -32,6 +32,7 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.error import HTTPError, URLError
 
 import torch
@@ -522,6 +523,17 @@ def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
+@dataclass
+class _Received:
+    """What one attempt streamed into the partial file."""
+
+    offset: int  # bytes kept from an earlier attempt
+    total: int | None  # the whole file's size, if the server said
+    sha256: str  # of the whole partial file
+    md5: str  # base64 MD5 of the whole partial file
+    body_md5: tuple[str, str | None]  # (ours, the server's) base64 MD5 of this response's body
+
+
 def _download_once(
     url: str,
     partial: Path,
@@ -548,81 +560,78 @@ def _download_once(
             )
         raise
     with resp:
-        total: int | None
-        if offset and resp.status == 206:
-            start, total = _parse_content_range(resp.headers.get("Content-Range"), resp.headers)
-            if start != offset:
-                partial.unlink(missing_ok=True)
-                raise _Incomplete(f"server resumed at byte {start} instead of {offset}")
-            mode = "ab"
-            logger.info("resuming %s at byte %d", url, offset)
-        elif resp.status == 200:
-            if offset:
-                logger.info("server ignored the Range request; restarting %s from byte 0", url)
-            offset = 0
-            length = resp.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            mode = "wb"
-        else:
-            raise DownloadError(f"unexpected HTTP status {resp.status} from {url}")
-        whole_md5, body_md5 = _announced_md5(resp.headers, resp.status)
-        if mode == "wb":
-            expect.md5.clear()  # announced for an earlier start of the file: no longer ours
-        expect.md5.update(whole_md5)
-        hasher = hashlib.sha256()
-        md5 = hashlib.md5(usedforsecurity=False)  # only to compare with the server's MD5
-        body_hash = hashlib.md5(usedforsecurity=False)
-        if mode == "ab":
-            with open(partial, "rb") as f:
-                while chunk := f.read(_CHUNK):
-                    hasher.update(chunk)
-                    md5.update(chunk)
-        with (
-            open(partial, mode) as f,
-            tqdm(
-                total=total,
-                initial=offset,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=dest.name,
-                disable=not progress,
-            ) as bar,
-        ):
-            while chunk := resp.read(_CHUNK):
-                f.write(chunk)
+        got = _receive(resp, url, partial, dest, offset, progress, expect)
+    return _finish(url, partial, dest, got, expect)
+
+
+def _receive(resp: Any, url: str, partial: Path, dest: Path, offset: int, progress: bool,
+             expect: _Expect) -> _Received:  # fmt: skip
+    """Stream ``resp`` into ``partial`` (appending to a resumed prefix), hashing as it goes."""
+    total: int | None
+    if offset and resp.status == 206:
+        start, total = _parse_content_range(resp.headers.get("Content-Range"), resp.headers)
+        if start != offset:
+            partial.unlink(missing_ok=True)
+            raise _Incomplete(f"server resumed at byte {start} instead of {offset}")
+        mode = "ab"
+        logger.info("resuming %s at byte %d", url, offset)
+    elif resp.status == 200:
+        if offset:
+            logger.info("server ignored the Range request; restarting %s from byte 0", url)
+        offset = 0
+        length = resp.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        mode = "wb"
+    else:
+        raise DownloadError(f"unexpected HTTP status {resp.status} from {url}")
+    whole_md5, body_md5 = _announced_md5(resp.headers, resp.status)
+    if mode == "wb":
+        expect.md5.clear()  # announced for an earlier start of the file: no longer ours
+    expect.md5.update(whole_md5)
+    hasher = hashlib.sha256()
+    md5 = hashlib.md5(usedforsecurity=False)  # only to compare with the server's MD5
+    body_hash = hashlib.md5(usedforsecurity=False)
+    if mode == "ab":
+        with open(partial, "rb") as f:
+            while chunk := f.read(_CHUNK):
                 hasher.update(chunk)
                 md5.update(chunk)
-                body_hash.update(chunk)
-                bar.update(len(chunk))
-            f.flush()
-            os.fsync(f.fileno())
+    bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+               desc=dest.name, disable=not progress)  # fmt: skip
+    with open(partial, mode) as f, bar:
+        while chunk := resp.read(_CHUNK):
+            f.write(chunk)
+            for h in (hasher, md5, body_hash):
+                h.update(chunk)
+            bar.update(len(chunk))
+        f.flush()
+        os.fsync(f.fileno())
+    return _Received(offset, total, hasher.hexdigest(), _b64(md5.digest()),
+                     (_b64(body_hash.digest()), body_md5))  # fmt: skip
+
+
+def _finish(url: str, partial: Path, dest: Path, got: _Received,
+            expect: _Expect) -> tuple[int, str]:  # fmt: skip
+    """Check the received file's size and checksums; move it to ``dest`` or delete it."""
     size = partial.stat().st_size
-    if total is not None and size != total:
-        if size > total:
+    if got.total is not None and size != got.total:
+        if size > got.total:
             partial.unlink(missing_ok=True)
-        raise _Incomplete(f"connection ended after {size} of {total} bytes")
-    if total is None:
+        raise _Incomplete(f"connection ended after {size} of {got.total} bytes")
+    if got.total is None:
         logger.warning("%s sent no Content-Length; the download's size cannot be verified", url)
-    digest = hasher.hexdigest()
-    problem = _verify(
-        partial,
-        expect,
-        sha256=digest,
-        md5=_b64(md5.digest()),
-        body_md5=(_b64(body_hash.digest()), body_md5),
-    )
+    problem = _verify(partial, expect, sha256=got.sha256, md5=got.md5, body_md5=got.body_md5)
     if problem is not None:
         partial.unlink(missing_ok=True)
         error = DownloadVerificationError(
             f"{url} sent {size} bytes that are not {dest.name}: {problem}; nothing was kept at "
             f"{dest} (a faulty or tampered server or mirror; try again later or use another URL)"
         )
-        if offset:  # the kept prefix may be what is wrong: one more try from byte 0
-            raise _Incomplete(f"{problem} after resuming at byte {offset}", error)
+        if got.offset:  # the kept prefix may be what is wrong: one more try from byte 0
+            raise _Incomplete(f"{problem} after resuming at byte {got.offset}", error)
         raise error
     os.replace(partial, dest)
-    return size, digest
+    return size, got.sha256
 
 
 def _verify(

@@ -35,7 +35,7 @@ from filelock import FileLock, Timeout
 
 from glidekit.cli.outputs import check_outdir
 from glidekit.errors import OptionError, UsageError
-from glidekit.fileio import fsync_dir
+from glidekit.fileio import cache_dir, fsync_dir
 from glidekit.pipelines import GlidePipeline, read_png_params
 from glidekit.pipelines.results import output_stem, png_bytes, write_atomic
 
@@ -223,7 +223,9 @@ def run_bulk(args: argparse.Namespace, pipe: Any, kw: dict[str, Any], items: lis
     the folder while it runs (a second identical job fails at once), and never replaces a file
     it did not write (a PNG of the same name from another job or the user is refused)."""
     rank, world = distributed_rank()
-    lock = FileLock(str(Path(args.outdir) / f".bulk.rank{rank}.lock"), timeout=0)
+    path = lock_path(Path(args.outdir), rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), timeout=0)
     try:
         lock.acquire()
     except Timeout:
@@ -233,7 +235,14 @@ def run_bulk(args: argparse.Namespace, pipe: Any, kw: dict[str, Any], items: lis
         return _run_locked(args, pipe, kw, items, file_sha256, call, job_settings, rank, world)
     finally:
         lock.release()
-        Path(lock.lock_file).unlink(missing_ok=True)
+
+
+def lock_path(outdir: Path, rank: int, cache: Path | None = None) -> Path:
+    """The lock a bulk job's rank holds on ``outdir``. It lives in glidekit's cache, keyed by
+    the folder: nothing of ours in the user's folder but the job's own files, and a lock file
+    that stays (deleting it would let a third job slip in) is harmless there."""
+    folder = hashlib.sha256(str(outdir.resolve()).encode()).hexdigest()[:24]
+    return (cache or cache_dir()) / "locks" / f"bulk-{folder}.rank{rank}.lock"
 
 
 def _ours(path: Path, item: Item, seed: int) -> bool:
@@ -247,6 +256,21 @@ def _ours(path: Path, item: Item, seed: int) -> bool:
     return params.get("item") == item.index and params.get("seed") == seed
 
 
+def _check_free(outdir: Path, pipe: Any, kw: dict[str, Any], mine: list[Item], base_seed: int,
+                args: argparse.Namespace) -> None:  # fmt: skip
+    """Refuse the job if a file it would write exists and is not its own (the user's)."""
+    for item in mine:
+        ikw = item_kwargs(item, kw, base_seed)
+        count = pipe.check_inputs(item.prompt, **ikw)[1].num_images
+        names = _file_names(item, ikw["seed"], count, args.name)
+        if args.grid:
+            names.append(names[0].removesuffix(".png").removesuffix("-0") + "-grid.png")
+        taken = [n for n in names if not _ours(outdir / n, item, ikw["seed"])]
+        if taken:
+            raise _error(f"--outdir: {str(outdir / taken[0])!r} exists and was not written by "
+                         "this job; move it away or use another --outdir")  # fmt: skip
+
+
 def _run_locked(args: argparse.Namespace, pipe: Any, kw: dict[str, Any], items: list[Item],
                 file_sha256: str, call: Any, job_settings: dict[str, Any], rank: int,
                 world: int) -> int:  # fmt: skip
@@ -255,9 +279,10 @@ def _run_locked(args: argparse.Namespace, pipe: Any, kw: dict[str, Any], items: 
     base_seed = kw.pop("seed", None)
     if base_seed is None:
         base_seed = int(file_sha256[:8], 16) & 0x7FFFFFFF
-    check_job_file(outdir, {**job_settings, "prompts_sha256": file_sha256, "base_seed": base_seed})
     done = finished_items(outdir)
     mine = [it for it in items if it.index % world == rank and it.index not in done]
+    _check_free(outdir, pipe, kw, mine, base_seed, args)  # before anything is written
+    check_job_file(outdir, {**job_settings, "prompts_sha256": file_sha256, "base_seed": base_seed})
     skipped = sum(1 for it in items if it.index % world == rank and it.index in done)
 
     written: list[dict[str, Any]] = []

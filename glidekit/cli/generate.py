@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from typing import Any
@@ -342,9 +343,17 @@ def _generate(args: argparse.Namespace) -> int:
     return _run(args, pipe, prompts, index=None if index is None else int(index))
 
 
+def pixel_limit(args: argparse.Namespace) -> int:
+    """``--max-megapixels`` as a pixel count (a finite number > 0)."""
+    value = args.max_megapixels
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"--max-megapixels: expected a positive number, got {value}")
+    return int(value * 1e6)
+
+
 def _check_pictures(args: argparse.Namespace, mask: Any, *, allow_full: bool = False) -> None:
     """Read IMAGE (and MASK) now: a bad picture is refused before any model loads."""
-    limit = int(args.max_megapixels * 1e6)
+    limit = pixel_limit(args)
     fit = args.fit or "crop"
     load_source(args.image, fit, name="IMAGE", max_pixels=limit)
     if mask is not None or not allow_full:
@@ -363,8 +372,7 @@ def _inpaint(args: argparse.Namespace) -> int:
 
 def _upsample(args: argparse.Namespace) -> int:
     prompts, index = _inputs(args, "image")
-    load_source(args.image, args.fit or "crop", name="IMAGE",
-                max_pixels=int(args.max_megapixels * 1e6))  # fmt: skip
+    load_source(args.image, args.fit or "crop", name="IMAGE", max_pixels=pixel_limit(args))
     return _run(args, build_pipeline(args), prompts, args.image, index=index)
 
 

@@ -15,24 +15,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from glidekit.cli.types import positive
 from glidekit.errors import UsageError
+from glidekit.pipelines.images import MAX_PIXELS
 from glidekit.web.app import launch, prepare_environment
 from glidekit.web.jobs import InputError, Jobs, Limits, WebConfig
 
 logger = logging.getLogger(__name__)
-
-
-def _positive(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-        return value
-
-    return parse
 
 
 def register(subparsers: Any) -> None:
@@ -60,17 +49,20 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cache-dir", metavar="DIR", help="checkpoint cache for released models")
     p.add_argument("--steps", default="100", help="default base steps shown on the page (100)")
     p.add_argument("--upsample-steps", default="fast27", help="upsampler steps (fast27)")
-    p.add_argument("--queue-size", type=_positive(int), default=8, help="waiting jobs at most (8)")
-    p.add_argument("--max-images", type=_positive(int), default=4, help="images per request (4)")
-    p.add_argument("--max-steps", type=_positive(int), default=250, help="steps per request (250)")
+    p.add_argument("--queue-size", type=positive(int), default=8, help="waiting jobs at most (8)")
+    p.add_argument("--max-images", type=positive(int), default=4, help="images per request (4)")
+    p.add_argument("--max-steps", type=positive(int), default=250, help="steps per request (250)")
     p.add_argument(
-        "--max-prompt-chars", type=_positive(int), default=300, help="prompt length (300)"
+        "--max-prompt-chars", type=positive(int), default=300, help="prompt length (300)"
     )
     p.add_argument(
-        "--max-upload-mb", type=_positive(float), default=10.0, help="upload size in MB (10)"
+        "--max-upload-mb", type=positive(float), default=10.0, help="upload size in MB (10)"
     )
     p.add_argument(
-        "--max-megapixels", type=_positive(float), default=16.8, help="upload pixels (16.8 M)"
+        "--max-megapixels",
+        type=positive(float),
+        default=MAX_PIXELS / 1e6,
+        help="upload pixels (16.8 M, as the command line)",
     )
     p.add_argument("--title", default="GLIDE", help="page title")
     p.add_argument(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,23 +56,34 @@ def input_label(source: Any) -> str | None:
 MAX_PIXELS = 4096 * 4096
 
 
-def _decode(fp: Any, name: str, label: str, max_pixels: int) -> Image.Image:
-    """Open ``fp``, check the pixel count from the header, then decode."""
+def open_header(fp: Any, name: str, label: str, max_pixels: int) -> Image.Image:
+    """Open ``fp`` reading its header only, and refuse more than ``max_pixels`` pixels (before
+    anything is decoded; Pillow's own bomb warning is ours to give, as one line)."""
+    limit = (
+        f"more than {max_pixels / 1e6:.1f} megapixels; resize it first (or raise --max-megapixels)"
+    )
     try:
-        img = Image.open(fp)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fp)
     except Image.DecompressionBombError:
-        raise ValueError(f"{name}: {label} has far too many pixels to be read") from None
+        raise ValueError(f"{name}: {label} has far {limit}") from None
     except OSError as exc:  # includes UnidentifiedImageError
         raise ValueError(f"{name}: cannot read {label} as an image ({exc})") from None
     w, h = img.size
     if w * h > max_pixels:
         img.close()
-        raise ValueError(
-            f"{name}: {label} is {w}x{h} pixels, more than {max_pixels / 1e6:.1f} megapixels; "
-            "resize it first (or raise --max-megapixels)"
-        )
+        raise ValueError(f"{name}: {label} is {w}x{h} pixels, {limit}")
+    return img
+
+
+def _decode(fp: Any, name: str, label: str, max_pixels: int) -> Image.Image:
+    """Open ``fp``, check the pixel count from the header, then decode."""
+    img = open_header(fp, name, label, max_pixels)
     try:
-        img.load()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
     except (OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{name}: cannot decode {label} ({exc})") from None
     return img

@@ -16,6 +16,7 @@ import math
 import os
 import re
 import secrets
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,17 +241,26 @@ def save_png(image: Image.Image, path: str | os.PathLike, params: dict[str, Any]
 
 
 def read_png_params(path: str | os.PathLike, name: str = "--from") -> dict[str, Any]:
-    """The params a glidekit PNG was made with (its ``glidekit`` text chunk)."""
+    """The params a glidekit PNG was made with (its ``glidekit`` text chunk, which glidekit
+    writes before the pixels: read from the header, nothing is decoded)."""
     path = Path(path)
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError:
+        is_file = False
+    if not is_file:
         raise FileNotFoundError(f"{name}: {str(path)!r} is not a file")
     try:
-        with Image.open(path) as img:
-            img.load()
-            text = dict(getattr(img, "text", {}) or img.info)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                raw = img.info.get(PNG_KEY)
+    except Image.DecompressionBombError:
+        raise ValueError(
+            f"{name}: {str(path)!r} has far too many pixels for a glidekit PNG"
+        ) from None
     except OSError as exc:
         raise ValueError(f"{name}: cannot read {str(path)!r} as an image ({exc})") from None
-    raw = text.get(PNG_KEY)
     if raw is None:
         raise ValueError(f"{name}: {str(path)!r} carries no glidekit parameters")
     try:

@@ -76,6 +76,7 @@ class ModelSlot:
         self.source = resolve_source(source)
         self.role = role
         self.cache_dir = cache_dir
+        self._local_file()  # a missing file is said at once, before anything is written
         self.label = source_label(source)
         self._loaded: LoadedModel | None = None
         self._compiled = False
@@ -142,6 +143,24 @@ class ModelSlot:
         logger.debug("loaded %s model %s on %s (%s)", self.role, self.label, device, dtype)
         return LoadedModel(model, dc, tokenizer, self.label)
 
+    def _local_file(self) -> Path | None:
+        """The source's path if it names a local file (None for released names and models);
+        a path that is not a readable file is an error naming the role."""
+        src = self.source
+        if not isinstance(src, (str, os.PathLike)) or (isinstance(src, str) and lookup(src)):
+            return None
+        path = Path(src).expanduser()
+        try:
+            exists = path.is_file()
+        except OSError as exc:  # a symlink loop, a name too long
+            raise OptionError(self.role, f"cannot read {str(src)!r} ({exc})") from None
+        if not exists:
+            names = ", ".join(n for n in CHECKPOINTS if not n.startswith("clip"))
+            raise MissingFileError(
+                self.role, f"{str(src)!r} is neither a released model name ({names}) nor a file"
+            )
+        return path
+
     def _build(self, dtype: torch.dtype) -> tuple[GlideUNet, DiffusionConfig, Tokenizer]:
         src = self.source
         if isinstance(src, GlideUNet):
@@ -160,16 +179,7 @@ class ModelSlot:
             )
         if isinstance(src, str) and lookup(src) is not None:
             return _released(lookup(src).name, dtype, cache_dir=self.cache_dir)  # type: ignore[union-attr]
-        path = Path(src).expanduser()
-        try:
-            exists = path.is_file()
-        except OSError as exc:  # a symlink loop, a name too long
-            raise OptionError(self.role, f"cannot read {str(src)!r} ({exc})") from None
-        if not exists:
-            names = ", ".join(n for n in CHECKPOINTS if not n.startswith("clip"))
-            raise MissingFileError(
-                self.role, f"{str(src)!r} is neither a released model name ({names}) nor a file"
-            )
+        path = self._local_file()
         if is_unet_file(path):  # read straight into the compute dtype: no float32 copy
             return load_unet(path, device="cpu", dtype=None if dtype == torch.float32 else dtype)
         released = RELEASED.get(self.role, "base")
