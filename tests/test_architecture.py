@@ -72,3 +72,17 @@ def test_no_test_file_imports_another():
                     f"{path.name} imports {a.name}" for a in node.names if a.name in names
                 ]
     assert offenders == []
+
+
+def test_what_the_readme_commands_write_is_ignored_by_git(tmp_path):
+    """Issue 19 item 7: `outputs/` (the first command) and `runs/` (glidekit train)."""
+    import subprocess
+
+    repo = PACKAGE.parent
+    if not (repo / ".git").exists():
+        import pytest
+
+        pytest.skip("not a git checkout")
+    for path in ("outputs/a.png", "runs/shapes-base-32-small/checkpoint.pt"):
+        done = subprocess.run(["git", "check-ignore", "-q", path], cwd=repo)
+        assert done.returncode == 0, path

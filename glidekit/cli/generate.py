@@ -231,7 +231,7 @@ def _run(args: argparse.Namespace, pipe: GlidePipeline, prompts: Any, *inputs: A
     prompt_list = check_prompts(prompts)
     opts = pipe.options_class.build(given_options(args), pipe.model_defaults())
     check_outdir(args.outdir)
-    result = pipe(prompt_list, *inputs, opts, progress=_progress(args), **kwargs)
+    result = pipe(prompt_list, *inputs, options=opts, progress=_progress(args), **kwargs)
     if index is not None and 0 <= index < len(result):
         result = result.select(index)
     return write_results([result], args, args.command)

@@ -368,3 +368,66 @@ def test_clip_files_on_the_command_line(run, bundles, tmp_path):  # noqa: F811
                        outdir=tmp_path / "bad")  # fmt: skip
     assert code == 2 and "--clip-image-enc: " in err, err
     assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").iterdir())
+
+
+def test_from_repeats_every_kind_of_png(run, tmp_path):
+    """Issue 19 item 8: --from works for inpaint, edit and upsample PNGs too (the same bytes),
+    and a PNG of another command names the command that repeats it."""
+    picture, mask = tmp_path / "pic.png", tmp_path / "mask.png"
+    random_picture((48, 48), seed=3).save(picture)
+    square_mask((48, 48), (8, 8, 30, 30)).save(mask)
+    made = {
+        "inpaint": run("inpaint", str(picture), str(mask), "a cat", "--seed", "2", "--json", *FAST),
+        "edit": run("edit", str(picture), "a cat", "--seed", "2", "--json", *FAST),
+        "upsample": run(
+            "upsample", str(picture), "a cat", "--seed", "2", "--json", "--steps", "ddim4"
+        ),  # fmt: skip
+    }
+    for command, (code, out, err) in made.items():
+        assert code == 0, err
+        first = json.loads(out)["images"][0]["path"]
+        again = tmp_path / f"again-{command}"
+        code, out, err = run(command, "--from", first, "--json", outdir=again)
+        assert code == 0, err
+        (path,) = [item["path"] for item in json.loads(out)["images"]]
+        assert open(path, "rb").read() == open(first, "rb").read(), command
+    code, _, err = run("generate", "--from", first, outdir=tmp_path / "x")
+    assert code == 2 and "glidekit upsample" in err
+
+
+def test_from_reads_pngs_written_before_the_redesign(run, bundles, tmp_path):
+    """PNGs of earlier versions (a "clip-guided" pipeline name, "upsampled", absolute model
+    paths) still repeat: their options are read back into today's options."""
+    from glidekit.pipelines.results import save_png
+
+    old = {"pipeline": "text2image", "base": str(bundles["base"]), "upsampler": None,
+           "prompts": ["a red circle"], "num_images": 1, "seed": 7, "steps": "4",
+           "sampler": "ancestral", "sampler_options": {}, "guidance": "classifier-free",
+           "guidance_scale": 2.5, "upsampled": False, "index": 0, "prompt": "a red circle"}  # fmt: skip
+    png = save_png(Image.new("RGB", (BASE_SIZE, BASE_SIZE)), tmp_path / "old.png", old)
+    code, out, err = main_json(run, "generate", "--from", str(png), outdir=tmp_path / "o")
+    assert code == 0, err
+    params = out["runs"][0]
+    assert params["seed"] == 7 and params["guidance_scale"] == 2.5 and params["upsampler"] is None
+    assert params["steps"] == "4" and out["images"][0]["prompt"] == "a red circle"
+
+
+def main_json(run, *argv, outdir):
+    code, out, err = run(*argv, "--json", models=None, outdir=outdir)
+    return code, (json.loads(out) if code == 0 else None), err
+
+
+def test_log_lines_name_what_they_say(run, caplog, monkeypatch, tmp_path):
+    """Issue 19 item 6: the embedded upsampler is announced as the upsampler (not the base),
+    a refused --steps is not logged as if used, and the respacing error lists karras25."""
+    import logging
+
+    monkeypatch.setenv("GLIDEKIT_CACHE", str(tmp_path / "empty"))
+    with caplog.at_level(logging.INFO):
+        code, _, err = run("generate", "a red circle", "--steps", "abc", models=None)
+    assert code == 2 and "--steps" in err and "karras25" in err
+    assert "steps=abc" not in caplog.text
+    lines = [r.getMessage() for r in caplog.records if "embedded shapes-world model" in r.message]
+    assert any("the upsampler is the embedded" in m and "shapes-upsample" in m for m in lines)
+    assert any("the base is the embedded" in m and "shapes-base" in m for m in lines)
+    assert not any("the base is" in m and "upsample" in m for m in lines)

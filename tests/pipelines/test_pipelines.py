@@ -500,3 +500,22 @@ def test_bf16_cpu_fast_path_stays_close_to_fp32():
     assert bf16.base.model.input_blocks[0][0].weight.dtype == torch.bfloat16
     diff = np.abs(px(a.images[0]).astype(int) - px(b.images[0]).astype(int))
     assert 0 < diff.mean() < 6.0, diff.mean()  # same picture, bf16 rounding only
+
+
+def test_unknown_words_are_named_in_a_warning(tmp_path, monkeypatch, caplog):
+    """Issue 19 item 2: a prompt the embedded (closed-vocabulary) base cannot read is said,
+    in Python too; the params name the embedded models by package-relative names."""
+    import logging
+
+    from glidekit.pipelines import Text2ImagePipeline as Pipe
+
+    monkeypatch.setenv("GLIDEKIT_CACHE", str(tmp_path / "empty"))
+    pipe = Pipe.from_pretrained(upsampler=None, device="cpu")
+    with caplog.at_level(logging.WARNING, logger="glidekit.pipelines.engine"):
+        result = pipe("an oil painting of a corgi", steps=2, seed=0)
+    assert "'oil', 'painting', 'of', 'corgi'" in caplog.text and "'an'" in caplog.text
+    assert result.params["base"] == "embedded:shapes-base.safetensors"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="glidekit.pipelines.engine"):
+        pipe("a red circle in the top left", steps=2, seed=0)
+    assert "does not know" not in caplog.text
