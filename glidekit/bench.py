@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import platform
 import resource
 import statistics
 import sys
@@ -29,6 +30,28 @@ logger = logging.getLogger(__name__)
 DEFAULT_CASES: dict[str, tuple[int, int]] = {"base": (2, 64), "upsample": (1, 256)}
 
 
+#: The CPU features that decide how fast bf16 runs: AMX tiles (several times fp32's matmul
+#: throughput) or AVX-512 bf16 dot products (about fp32's speed at these sizes).
+BF16_FEATURES = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f")
+
+
+def cpu_info() -> dict[str, object]:
+    """The CPU's model name and which of :data:`BF16_FEATURES` it has (Linux /proc/cpuinfo;
+    elsewhere the platform's processor string and no features), written beside every figure."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+    return {"cpu": model, **{f: f in flags for f in BF16_FEATURES}}
+
+
 @dataclass
 class ForwardResult:
     model: str
@@ -41,6 +64,7 @@ class ForwardResult:
     peak_rss_mb: float
     compiled: bool = False
     compile_seconds: float | None = None  # the first (compiling) forward, with compile=True
+    machine: dict[str, object] | None = None  # cpu_info() of the CPU that ran it
 
     @property
     def steps_per_second(self) -> float:
@@ -149,6 +173,7 @@ def forward_cost(
         peak_rss_mb=peak_rss_mb(),
         compiled=compile,
         compile_seconds=compile_s,
+        machine=cpu_info() if device.type == "cpu" else None,
     )
 
 

@@ -155,7 +155,7 @@ def start_server(folder: Path, *extra: str, queue_size: int = 4, tiny: bool = Tr
     """``glidekit serve`` on tiny models (``tiny=False``: the package's default models, with
     their own defaults) on a free loopback port; waits until it answers."""
     tmp = folder / "tmp"
-    tmp.mkdir()
+    tmp.mkdir(parents=True)
     port = free_port()
     env = dict(os.environ, TMPDIR=str(tmp), GRADIO_ANALYTICS_ENABLED="False")
     env.pop("GRADIO_TEMP_DIR", None)

@@ -16,6 +16,7 @@ from helpers import start_server
 from PIL import Image
 
 from glidekit.data.shapes import check
+from glidekit.pipelines import read_png_params
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 PROMPT = "a small red circle in the top left on a white background"
@@ -91,15 +92,24 @@ def test_the_gradio_client_example_against_a_served_app(offline):
     mask = Image.new("L", (32, 32), 0)
     mask.paste(255, (16, 16, 32, 32))
     mask.save(offline / "mask.png")
+    generate, inpaint = code.split("source, mask, gallery, seed, files = client.predict(")
+    inpaint = "source, mask, gallery, seed, files = client.predict(" + inpaint
     server = start_server(offline / "server", tiny=False)
     try:
         namespace = {"URL": server.url, "DOWNLOADS": str(offline / "downloads")}
-        exec(compile(code, "README.md", "exec"), namespace)
+        exec(compile(generate, "README.md", "exec"), namespace)
+        made = [Image.open(path).convert("RGB") for path in namespace["files"]]
+        made_params = read_png_params(namespace["files"][0])
+        exec(compile(inpaint, "README.md", "exec"), namespace)
     finally:
         server.stop()
-    assert client_mod is not None and len(namespace["files"]) == 1  # the inpainting result
-    gen = [Image.open(item["image"]).convert("RGB") for item in namespace["gallery"]]
-    assert namespace["source"] and namespace["mask"]
-    generate_prompt = re.search(r'prompt="([^"]+)",\n    num_images=2', code).group(1)
-    assert len(gen) in (0, 1) or True  # the gallery of the last call (inpainting) only
-    assert generate_prompt == PROMPT
+    assert client_mod is not None
+    # generate: 2 PNGs of the prompt, made with the embedded models' own defaults
+    prompt = re.search(r'prompt="([^"]+)",\n    num_images=2', generate).group(1)
+    assert len(made) == 2 and made[0].size == (128, 128)
+    assert made_params["guidance"] == "clip" and made_params["steps"] == "250"
+    assert agreement(made, prompt) >= 0.5
+    # inpaint: the source and mask shown, one PNG that kept the known region
+    assert namespace["source"] and namespace["mask"] and len(namespace["files"]) == 1
+    result = Image.open(namespace["files"][0]).convert("RGB").resize((32, 32))
+    assert result.getpixel((2, 2)) == picture.getpixel((2, 2))  # outside the mask: kept

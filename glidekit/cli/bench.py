@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from glidekit.bench import as_dict, find_calibrate, forward_cost
+from glidekit.bench import BF16_FEATURES, as_dict, cpu_info, find_calibrate, forward_cost
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -69,6 +69,13 @@ def _bench(args: argparse.Namespace) -> int:
             f"{r['seconds']:>10.3f}{r['steps_per_second']:>9.2f}"
             f"{_opt(r['calibrate_seconds'], '.3f'):>12}{_opt(r['ratio'], '.2f'):>8}"
             f"{r['peak_rss_mb']:>9.0f}{_opt(r['compile_seconds'], '.1f'):>11}"
+        )
+    if args.device == "cpu":
+        info = cpu_info()
+        have = [f for f in BF16_FEATURES if info[f]]
+        print(
+            f"cpu: {info['cpu']}; bf16 features: {', '.join(have) or 'none'}"
+            + ("" if info["amx_bf16"] else " (no AMX: bf16 is not much faster than fp32 here)")
         )
     if calibrate is None and args.device == "cpu":
         print("(no calibrate.py found: set GLIDEKIT_CALIBRATE to ../shared/bench/calibrate.py)")

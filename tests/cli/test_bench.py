@@ -1,6 +1,7 @@
 """glidekit bench: the command runs and reports the yardstick ratio (no timing assertions)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -44,12 +45,17 @@ def test_bench_json_with_calibrate_ratio(tiny_configs, capsys):
         assert r["peak_rss_mb"] > 0
         assert r["steps_per_second"] == pytest.approx(1 / r["seconds"])
         assert r["compiled"] is False and r["compile_seconds"] is None
+        # the CPU's bf16 features beside every figure (they decide bf16's speed)
+        assert set(r["machine"]) == {"cpu", *bench.BF16_FEATURES} and r["machine"]["cpu"]
+        flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+        assert r["machine"]["avx512_bf16"] == (" avx512_bf16" in flags)
 
 
 def test_bench_table_and_bad_input(tiny_configs, capsys):
     assert main(["bench", "--models", "base", "--dtypes", "fp32", "--rounds", "1"]) == 0
     out = capsys.readouterr().out
     assert "base" in out and "steps/s" in out and "peak MB" in out
+    assert "bf16 features:" in out
     assert main(["bench", "--rounds", "0"]) == 2
     assert "--rounds" in capsys.readouterr().err
     assert main(["bench", "--dtypes", "fp16"]) == 2
