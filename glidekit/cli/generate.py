@@ -152,42 +152,13 @@ def register(subparsers: Any) -> None:
     _common(gen)
     gen.set_defaults(func=_generate, pipeline=Text2ImagePipeline)
 
-    inp = subparsers.add_parser(
-        "inpaint", help="repaint the masked region of an image",
-        description="Inpaint IMAGE where MASK is white (black = keep; any image Pillow reads, "
-        "the size of IMAGE). MASK 'alpha' uses IMAGE's transparency (transparent = repaint).",
-    )  # fmt: skip
-    _image_input(inp, mask="mask image (white = replace) or 'alpha'")
-    inp.add_argument(
-        "--clip-guidance-scale",
-        type=float,
-        metavar="G",
-        help="add the noise-aware CLIP's gradient at this scale (0: off)",
-    )
-    _common(inp)
-    inp.set_defaults(func=_inpaint, pipeline=InpaintPipeline)
-
-    ups = subparsers.add_parser(
-        "upsample", help="upsample a small image 4x with the prompt",
-        description="Upsample IMAGE (resized to the upsampler's low-res input) 4x.",
-    )  # fmt: skip
-    _image_input(ups)
-    ups.add_argument("--temperature", type=float, help="start-noise scale (0.997)")
-    ups.add_argument("--low-res-size", type=int, help="side IMAGE is resized to first")
-    _common(ups, upsample=False)
-    ups.set_defaults(func=_upsample, pipeline=UpsamplePipeline)
-
-    edit = subparsers.add_parser(
-        "edit", help="SDEdit: noise an image or sketch to --strength, denoise with the prompt",
-        description="Edit IMAGE: noise it to --strength (0 < S <= 1; small = close to IMAGE) "
-        "and denoise with PROMPT. --mask limits the change to its white region.",
-    )  # fmt: skip
-    _image_input(edit)
-    edit.add_argument("--strength", type=float, help="noise level to start from (0.6)")
-    edit.add_argument("--upsample-strength", type=float, help="the upsampler's (= --strength)")
-    edit.add_argument("--mask", metavar="MASK", help="edit only where MASK is white")
-    _common(edit)
-    edit.set_defaults(func=_edit, pipeline=EditPipeline)
+    for name, (pipeline, func, text, about, mask, flags) in _PICTURE_COMMANDS.items():
+        p = subparsers.add_parser(name, help=text, description=about)
+        _image_input(p, mask=mask)
+        for flag, spec in flags:
+            p.add_argument(flag, **spec)
+        _common(p, upsample=name != "upsample")
+        p.set_defaults(func=func, pipeline=pipeline)
 
 
 # --------------------------------------------------------------------------- options
@@ -380,3 +351,32 @@ def _edit(args: argparse.Namespace) -> int:
     prompts, index = _inputs(args, "image")
     _check_pictures(args, args.mask, allow_full=True)
     return _run(args, build_pipeline(args), prompts, args.image, mask=args.mask, index=index)
+
+
+#: The commands that start from a picture: (pipeline, handler, help, description, MASK's help
+#: or None, [(flag, add_argument keywords)]).
+_PICTURE_COMMANDS: dict[str, tuple[Any, Any, str, str, str | None, list]] = {
+    "inpaint": (
+        InpaintPipeline, _inpaint, "repaint the masked region of an image",
+        "Inpaint IMAGE where MASK is white (black = keep; any image Pillow reads, the size of "
+        "IMAGE). MASK 'alpha' uses IMAGE's transparency (transparent = repaint).",
+        "mask image (white = replace) or 'alpha'",
+        [("--clip-guidance-scale", {"type": float, "metavar": "G",
+          "help": "add the noise-aware CLIP's gradient at this scale (0: off)"})],
+    ),
+    "upsample": (
+        UpsamplePipeline, _upsample, "upsample a small image 4x with the prompt",
+        "Upsample IMAGE (resized to the upsampler's low-res input) 4x.", None,
+        [("--temperature", {"type": float, "help": "start-noise scale (0.997)"}),
+         ("--low-res-size", {"type": int, "help": "side IMAGE is resized to first"})],
+    ),
+    "edit": (
+        EditPipeline, _edit,
+        "SDEdit: noise an image or sketch to --strength, denoise with the prompt",
+        "Edit IMAGE: noise it to --strength (0 < S <= 1; small = close to IMAGE) and denoise "
+        "with PROMPT. --mask limits the change to its white region.", None,
+        [("--strength", {"type": float, "help": "noise level to start from (0.6)"}),
+         ("--upsample-strength", {"type": float, "help": "the upsampler's (= --strength)"}),
+         ("--mask", {"metavar": "MASK", "help": "edit only where MASK is white"})],
+    ),
+}  # fmt: skip

@@ -53,7 +53,7 @@ from glidekit.checkpoints.cache import Manifest
 from glidekit.checkpoints.download import DownloadVerificationError, NetworkUnavailableError
 from glidekit.cli.main import main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 IN_CHANNELS = {"base": 3, "upsample": 6, "base-inpaint": 7}
 
 

@@ -487,7 +487,7 @@ def test_clip_guided_notebook_calls(released, tmp_path):
 
 def test_script_imports_as_the_notebook():
     """tests/scripts/clip_guided_notebook.py has the notebook's import lines, renamed."""
-    script = (Path(__file__).parent / "scripts" / "clip_guided_notebook.py").read_text()
+    script = (Path(__file__).parents[1] / "scripts" / "clip_guided_notebook.py").read_text()
     lines = [ln.split("  #")[0].rstrip() for ln in script.splitlines()]
     expected = NOTEBOOK_IMPORTS["clip_guided"].replace("glide_text2im", "glidekit.compat")
     assert "\n".join(lines).count(expected.strip()) == 1
