@@ -2,7 +2,8 @@
 
     python benchmarks/shapes_suite.py agreement [--model BASE] [--upsampler UP] [--n 200]
         [--steps 100] [--sampler ancestral] [--guidance 3.0] [--seed 0] [--json out.json]
-    python benchmarks/shapes_suite.py guidance-sweep [--scales 0,1,2,3,5,8] [--n 200] [--k 8]
+    python benchmarks/shapes_suite.py guidance-sweep [--scales 0,1,2,3,5,8] [--intervals all,0.3:1]
+        [--n 200] [--k 8]
         [--samples 16] [--plot sweep.png] [...as agreement]
     python benchmarks/shapes_suite.py clip-vs-cfg --clip CLIP.safetensors [--cfg-scales 1,3,5]
         [--clip-scales 1,3,10] [--n 200] [...as agreement]
@@ -640,9 +641,10 @@ def section_guidance_sweep(args: argparse.Namespace) -> int:
     div_seed = args.seed + 1_000_000
     rows: list[dict[str, Any]] = []
     params: dict[str, Any] = {}
-    for scale in args.scales:
-        logger.info("guidance-sweep: scale %g", scale)
-        kw = {**base_kw, "guidance_scale": scale, "upsample": False}
+    for scale, interval in [(s, i) for s in args.scales for i in args.intervals]:
+        logger.info("guidance-sweep: scale %g, interval %s", scale, interval or "all")
+        kw = {**base_kw, "guidance_scale": scale, "upsample": False,
+              "guidance_interval": interval}  # fmt: skip
         images, _, params, seconds = sample_batches(pipe, captions, args.seed, args.batch, **kw)
         tally = Tally()
         tally.add_images(images, captions)
@@ -651,6 +653,7 @@ def section_guidance_sweep(args: argparse.Namespace) -> int:
         rows.append(
             {
                 "scale": scale,
+                "interval": interval,
                 "agreement": tally.summary(),
                 "diversity": div,
                 "seconds": seconds + time.perf_counter() - start,
@@ -671,6 +674,7 @@ def section_guidance_sweep(args: argparse.Namespace) -> int:
     print(settings_line(settings) + "\n")
     header = [
         "scale",
+        "interval",
         *ATTRIBUTES,
         "all",
         f"diversity (of {args.samples})",
@@ -682,6 +686,7 @@ def section_guidance_sweep(args: argparse.Namespace) -> int:
     table = [
         [
             f"{r['scale']:g}",
+            "all" if r["interval"] is None else "{:g}-{:g}".format(*r["interval"]),
             *agreement_cells(r["agreement"]),
             r["diversity"]["diversity"],
             r["diversity"]["diversity_fraction"],
@@ -1098,6 +1103,21 @@ def scale_list(text: str) -> list[float]:
     return values
 
 
+def interval_list(text: str) -> list[tuple[float, float] | None]:
+    """ "all,0.3:1" -> [None, (0.3, 1.0)] (checked by the options when sampling)."""
+    out: list[tuple[float, float] | None] = []
+    for part in text.split(","):
+        if part.strip() == "all":
+            out.append(None)
+            continue
+        try:
+            lo, hi = (float(v) for v in part.split(":"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected all or LO:HI, got {part!r}") from None
+        out.append((lo, hi))
+    return out
+
+
 def embedded(role: str) -> Path | None:
     return embedded_path(role)
 
@@ -1196,6 +1216,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=scale_list,
         default=[0, 1, 2, 3, 5, 8],
         help="guidance scales, comma-separated (0,1,2,3,5,8)",
+    )
+    p.add_argument(
+        "--intervals",
+        type=interval_list,
+        default=[None],
+        help="guidance intervals as t/T, comma-separated: all, or LO:HI (e.g. all,0.3:1)",
     )
     p.add_argument("--n", type=positive_int, default=200, help="agreement captions (200)")
     p.add_argument("--k", type=positive_int, default=8, help="diversity captions (8)")

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from glidekit.clip.model import NoisedCLIP
+from glidekit.nn import TextCondition
 
 ModelFn = Callable[..., torch.Tensor]
 #: ``cond_fn(x, t, **model_kwargs) -> grad``: see :mod:`glidekit.diffusion.samplers`.
@@ -46,18 +47,53 @@ class ClassifierFreeGuidance:
     first half of x duplicated, mixes eps = eps_u + s * (eps_c - eps_u) on the first
     ``eps_channels`` channels, and returns [eps, eps] with each row's own variance channels, so
     both halves follow the same guided trajectory.
+
+    ``interval=(lo, hi)``: guide only the steps whose timestep t (the model's, in [0,
+    ``num_timesteps``)) has lo <= t / num_timesteps <= hi (Kynkaanniemi et al. 2024, "Applying
+    Guidance in a Limited Interval"); outside it the model runs on the conditional half alone
+    (half the batch) and both halves follow its prediction.
     """
 
-    def __init__(self, model: ModelFn, guidance_scale: float, eps_channels: int = 3) -> None:
+    def __init__(self, model: ModelFn, guidance_scale: float, eps_channels: int = 3,
+                 interval: tuple[float, float] | None = None,
+                 num_timesteps: int = 1000) -> None:  # fmt: skip
         self.model = model
         self.guidance_scale = check_guidance_scale(guidance_scale)
         self.eps_channels = eps_channels
+        self.interval = interval
+        self.num_timesteps = num_timesteps
+        self._halves: dict[int, Any] = {}  # id(kwarg) -> its conditional half, made once
+
+    def guided(self, ts: torch.Tensor) -> bool:
+        """Whether the step at timesteps ``ts`` (B,) is inside the guidance interval."""
+        if self.interval is None:
+            return True
+        lo, hi = self.interval
+        return lo <= float(ts.reshape(-1)[0]) / self.num_timesteps <= hi
+
+    def _half(self, value: Any, n: int) -> Any:
+        """The conditional rows of a model input (tensors and the encoded text), cached: the
+        text's keys/values are then computed once for the unguided steps too."""
+        key = id(value)
+        if key not in self._halves:
+            if isinstance(value, torch.Tensor) and value.shape[:1] == (2 * n,):
+                self._halves[key] = value[:n]
+            elif isinstance(value, TextCondition):
+                self._halves[key] = TextCondition(value.xf_proj[:n], value.xf_out[:n])
+            else:
+                self._halves[key] = value
+        return self._halves[key]
 
     def __call__(self, x_t: torch.Tensor, ts: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         if x_t.shape[0] % 2:
             raise ValueError(
                 f"classifier-free guidance needs an even batch [cond; uncond], got {x_t.shape[0]} rows"
             )
+        if not self.guided(ts):
+            n = len(x_t) // 2
+            half_kwargs = {k: self._half(v, n) for k, v in kwargs.items()}
+            out = self.model(x_t[:n], ts[:n], **half_kwargs)
+            return torch.cat([out, out], dim=0)
         half = x_t[: len(x_t) // 2]
         combined = torch.cat([half, half], dim=0)
         model_out = self.model(combined, ts, **kwargs)

@@ -60,3 +60,60 @@ def test_clip_with_cfg_and_inpainting(clip, sampler):
     known = ~hole
     if sampler == "dpm++2m":
         torch.testing.assert_close(guided[known], kw["inpaint_image"][known])
+
+
+def _text_guidance_inputs():
+    model, _ = golden_model("text2im_forward")
+    cfg = model.config
+    tokens = torch.randint(
+        0, cfg.n_vocab, (4, cfg.text_ctx), generator=torch.Generator().manual_seed(0)
+    )
+    mask = torch.ones(4, cfg.text_ctx, dtype=torch.bool)
+    mask[2:, 1:] = False  # the unconditional half: empty captions
+    with torch.no_grad():
+        text = model.encode_text(tokens, mask)
+    x = torch.randn(
+        2, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(1)
+    )
+    return model, text, torch.cat([x, x])
+
+
+def test_guidance_interval_guides_only_inside_it():
+    """Kynkaanniemi et al. 2024: inside [lo, hi] (as t / T) the guided mix; outside, the
+    conditional prediction alone, from a model call on half the batch."""
+    model, text, x = _text_guidance_inputs()
+    calls = []
+
+    def spy(x_t, ts, **kw):
+        calls.append(len(x_t))
+        return model(x_t, ts, **kw)
+
+    inside, outside = torch.full((4,), 900), torch.full((4,), 300)
+    full = ClassifierFreeGuidance(spy, 3.0)
+    limited = ClassifierFreeGuidance(spy, 3.0, interval=(0.5, 1.0), num_timesteps=1000)
+    with torch.no_grad():
+        assert torch.equal(full(x, inside, text=text), limited(x, inside, text=text))
+        assert calls == [4, 4]
+        cond_only = limited(x, outside, text=text)
+        assert calls[-1] == 2  # half the batch: the unconditional rows are not run
+        plain = model(x[:2], outside[:2], text=type(text)(text.xf_proj[:2], text.xf_out[:2]))
+    assert torch.equal(cond_only, torch.cat([plain, plain]))
+    assert not torch.allclose(cond_only, full(x, outside, text=text))
+
+
+def test_guidance_interval_option_in_the_pipelines(tmp_path, bundles):
+    import numpy as np
+
+    from glidekit.errors import OptionError
+    from glidekit.pipelines import Text2ImagePipeline
+
+    pipe = Text2ImagePipeline(bundles["base"], None, device="cpu")
+    full = pipe("a red circle", seed=1, steps=6)
+    everywhere = pipe("a red circle", seed=1, steps=6, guidance_interval="0,1")
+    limited = pipe("a red circle", seed=1, steps=6, guidance_interval=(0.0, 0.5))
+    assert everywhere.params["guidance_interval"] == [0.0, 1.0]
+    assert np.array_equal(np.asarray(full.images[0]), np.asarray(everywhere.images[0]))
+    assert not np.array_equal(np.asarray(full.images[0]), np.asarray(limited.images[0]))
+    for bad in ((0.6, 0.2), (0.0, 1.5), "x,y", (0.1,)):
+        with pytest.raises(OptionError, match="guidance_interval"):
+            pipe("a red circle", seed=1, steps=2, guidance_interval=bad)

@@ -65,6 +65,11 @@ def _common(p: argparse.ArgumentParser, *, upsample: bool = True) -> None:
             metavar="G",
             help="guidance scale (default: the model file's own, else GLIDE's)",
         )
+        p.add_argument(
+            "--guidance-interval",
+            metavar="LO,HI",
+            help="classifier-free guidance only for t/T in [LO, HI] (default: all)",
+        )
         p.add_argument("--upsample-steps", metavar="STEPS", help="upsampler steps (fast27)")
         p.add_argument("--upsample-sampler", metavar="NAME", help="upsampler sampler (ddim)")
         p.add_argument(

@@ -40,7 +40,8 @@ class EditPipeline(PicturePipeline):
         """Both stages start from the source noised to their strength."""
         src, up_src = (inputs.sources + [None])[:2]
         keep, up_keep = (inputs.keeps + [None])[:2]
-        base = Stage.of("base", opts, guidance_scale=opts.guidance_scale, strength=opts.strength,
+        base = Stage.of("base", opts, guidance_scale=opts.guidance_scale,
+                        guidance_interval=opts.guidance_interval, strength=opts.strength,
                         source=src, keep=keep)  # fmt: skip
         up = None
         if opts.upsample:

@@ -84,6 +84,7 @@ class Stage:
     sampler: str
     sampler_options: dict[str, Any]
     guidance_scale: float | None = None  # classifier-free guidance; None: plain model
+    guidance_interval: tuple[float, float] | None = None  # guided t/T range; None: every step
     temperature: float = 1.0  # scale of the start noise
     strength: float | None = None  # SDEdit start from the source; None: from pure noise
     source: torch.Tensor | None = None  # (1, 3, S, S) in [-1, 1]
@@ -279,7 +280,11 @@ class GlidePipeline:
         n = 2 * b if guided else b
         kwargs = self._model_kwargs(lm, prompts + [""] * b if guided else prompts, stage, n)
         source, keep = kwargs.pop("_source"), kwargs.pop("_keep")
-        model_fn = ClassifierFreeGuidance(lm.model, stage.guidance_scale) if guided else lm.model
+        model_fn = lm.model
+        if guided:
+            model_fn = ClassifierFreeGuidance(lm.model, stage.guidance_scale,
+                                              interval=stage.guidance_interval,
+                                              num_timesteps=lm.diffusion.steps)  # fmt: skip
 
         shape = (n, 3, size, size)
         noise = torch.randn(shape, generator=generator, device=self.device)

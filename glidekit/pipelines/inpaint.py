@@ -45,7 +45,8 @@ class InpaintPipeline(PicturePipeline):
             extra = {"guidance": "classifier-free+clip", "clip": self.clip_label}
         src, up_src = (inputs.sources + [None])[:2]
         keep, up_keep = (inputs.keeps + [None])[:2]
-        base = Stage.of("base", opts, guidance_scale=opts.guidance_scale, source=src, keep=keep,
+        base = Stage.of("base", opts, guidance_scale=opts.guidance_scale,
+                        guidance_interval=opts.guidance_interval, source=src, keep=keep,
                         cond_fn=cond_fn)  # fmt: skip
         up = Stage.upsampler(opts, source=up_src, keep=up_keep) if opts.upsample else None
         return base, up, extra

@@ -169,6 +169,25 @@ def _optional_count(value: Any, arg: str) -> int | None:
     return None if value is None else check_count(value, arg)
 
 
+def check_interval(value: Any, arg: str) -> tuple[float, float] | None:
+    """A guidance interval: None (guide every step), or (lo, hi) with 0 <= lo < hi <= 1, as
+    fractions of the diffusion's timesteps (0 = clean, 1 = pure noise); "lo,hi" is read too."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",")]
+        try:
+            value = [float(part) for part in value]
+        except ValueError:
+            raise OptionError(arg, f"expected two numbers 'lo,hi', got {value!r}") from None
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise OptionTypeError(arg, f"expected (lo, hi) or None, got {value!r}")
+    lo, hi = (check_number(v, arg, low=0.0, high=1.0) for v in value)
+    if lo >= hi:
+        raise OptionError(arg, f"must have lo < hi, got ({lo}, {hi})")
+    return (lo, hi)
+
+
 def _seed(value: Any, arg: str) -> int:
     return check_seed(value, arg)
 
@@ -259,6 +278,9 @@ class CascadeOptions(RunOptions):
     """A base stage, then (``upsample``) the upsampler stage."""
 
     guidance_scale: float = _opt(3.0, _scale, "guidance scale")
+    guidance_interval: tuple[float, float] | None = _opt(
+        None, check_interval, "classifier-free guidance only for t/T in [lo, hi] (None: all)"
+    )
     upsample: bool = _opt(True, check_bool, "run the upsampler after the base")
     upsample_steps: str = _opt("fast27", check_steps, "upsampler steps")
     upsample_sampler: str = _opt("ddim", check_sampler, "upsampler sampler")

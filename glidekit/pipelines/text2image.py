@@ -54,7 +54,8 @@ class Text2ImagePipeline(GlidePipeline):
             base = Stage.of("base", opts, cond_fn=cond_fn)
             clip = {"clip": self.clip_label, "pipeline": "clip-guided"}  # as the notebook names it
         else:
-            base = Stage.of("base", opts, guidance_scale=opts.guidance_scale)  # fmt: skip
+            base = Stage.of("base", opts, guidance_scale=opts.guidance_scale,
+                        guidance_interval=opts.guidance_interval)  # fmt: skip
         # 3. the upsampler stage (its low-res input is the base's output)
         up = Stage.upsampler(opts) if upsample else None
         # 4. sample both stages and decode to PIL images
