@@ -22,6 +22,7 @@ import torch
 
 from glidekit.cli import bulk
 from glidekit.cli.outputs import check_outdir, write_results
+from glidekit.cli.types import positive
 from glidekit.errors import UsageError
 from glidekit.pipelines import (
     EditPipeline,
@@ -138,6 +139,13 @@ def register(subparsers: Any) -> None:
         "--prompts-file",
         metavar="FILE",
         help="bulk job: one prompt (or JSON object) per line; resumable, shardable",
+    )
+    gen.add_argument(
+        "--batch-size",
+        type=positive(int),
+        default=1,
+        metavar="N",
+        help="--prompts-file: items per model batch (1); each keeps its own seed",
     )
     gen.add_argument("--from", dest="from_png", metavar="PNG", help="repeat a glidekit PNG's run")
     gen.add_argument(

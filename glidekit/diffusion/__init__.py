@@ -9,6 +9,7 @@ from glidekit.diffusion.config import DiffusionConfig, create_diffusion
 from glidekit.diffusion.gaussian import GaussianDiffusion, MeanVariance
 from glidekit.diffusion.samplers import (
     SAMPLERS,
+    RowGenerators,
     Sampler,
     SamplingRun,
     StepInput,
@@ -17,6 +18,7 @@ from glidekit.diffusion.samplers import (
     ddim_sample,
     get_sampler,
     p_sample,
+    randn_like_rows,
     sample,
     sample_progressive,
     take_step,
@@ -26,6 +28,7 @@ from glidekit.diffusion.schedules import named_beta_schedule, respace_betas, spa
 
 __all__ = [
     "SAMPLERS",
+    "RowGenerators",
     "DiffusionConfig",
     "GaussianDiffusion",
     "MeanVariance",
@@ -39,6 +42,7 @@ __all__ = [
     "get_sampler",
     "named_beta_schedule",
     "p_sample",
+    "randn_like_rows",
     "respace_betas",
     "sample",
     "sample_progressive",

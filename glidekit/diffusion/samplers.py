@@ -22,7 +22,7 @@ draws none.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -58,7 +58,7 @@ class SamplingRun:
     denoised_fn: DenoisedFn | None = None
     cond_fn: CondFn | None = None
     model_kwargs: dict[str, Any] | None = None
-    generator: torch.Generator | None = None
+    generator: Generator | None = None
     options: dict[str, Any] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
 
@@ -109,8 +109,52 @@ def _progress(indices: Iterable[int], show: bool, desc: str) -> Iterable[int]:
     return tqdm(indices, desc=desc, leave=False) if show else indices
 
 
-def _randn(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+class RowGenerators:
+    """Noise drawn item by item, so an item's noise does not depend on its batch.
+
+    ``generators[i]`` is item i's; ``rows[r]`` is the item batch row r belongs to (with
+    classifier-free guidance an item has its conditional and unconditional rows, e.g. rows =
+    [0, 1, 0, 1] for two items). Each draw of a (R, ...) tensor takes, for each item in turn,
+    one ``randn`` of (its row count, ...) from its own generator and puts the rows in place.
+    """
+
+    def __init__(self, generators: Sequence[torch.Generator], rows: Sequence[int]) -> None:
+        self.generators = list(generators)
+        self.rows = torch.tensor(list(rows), dtype=torch.long)
+        if len(self.rows) and not 0 <= int(self.rows.min()) <= int(self.rows.max()) < len(
+            self.generators
+        ):
+            raise ValueError("rows name an item without a generator")
+
+    def randn(self, shape: Sequence[int], device: torch.device | str | None = None,
+              dtype: torch.dtype | None = None) -> torch.Tensor:  # fmt: skip
+        """A (len(rows), ...) standard normal tensor, each item's rows from its generator."""
+        if shape[0] != len(self.rows):
+            raise ValueError(f"noise for {shape[0]} rows, but {len(self.rows)} rows are known")
+        out = torch.empty(tuple(shape), device=device, dtype=dtype or torch.float32)
+        for item, generator in enumerate(self.generators):
+            where = (self.rows == item).nonzero().flatten()
+            draw = torch.randn((len(where), *shape[1:]), generator=generator,
+                               device=generator.device, dtype=out.dtype)  # fmt: skip
+            out[where.to(out.device)] = draw.to(out.device)
+        return out
+
+
+#: A generator for the whole batch, or one per item (:class:`RowGenerators`).
+Generator = torch.Generator | RowGenerators
+
+
+def randn_like_rows(shape: Sequence[int], generator: Generator | None,
+                    device: torch.device | str | None = None,
+                    dtype: torch.dtype | None = None) -> torch.Tensor:  # fmt: skip
+    """``torch.randn(shape)`` from ``generator`` (one for the batch, or per item)."""
+    if isinstance(generator, RowGenerators):
+        return generator.randn(shape, device=device, dtype=dtype)
+    return torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+
+
+def _randn(x: torch.Tensor, generator: Generator | None) -> torch.Tensor:
+    return randn_like_rows(x.shape, generator, device=x.device, dtype=x.dtype)
 
 
 def _nonzero(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -327,7 +371,7 @@ def _start(
     shape: tuple[int, ...],
     noise: torch.Tensor | None,
     device: torch.device | str | None,
-    generator: torch.Generator | None,
+    generator: Generator | None,
     start_index: int | None,
 ) -> tuple[torch.Tensor, int]:
     """x at the first step (``noise`` or a fresh draw) and that step's index."""
@@ -336,7 +380,7 @@ def _start(
             raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
         x = noise.to(device) if device is not None else noise
     else:
-        x = torch.randn(shape, generator=generator, device=device or "cpu")
+        x = randn_like_rows(shape, generator, device=device or "cpu")
     first = diffusion.num_timesteps - 1 if start_index is None else start_index
     if not isinstance(first, int) or not 0 <= first < diffusion.num_timesteps:
         raise ValueError(
@@ -358,7 +402,7 @@ def sample_progressive(
     cond_fn: CondFn | None = None,
     model_kwargs: dict[str, Any] | None = None,
     device: torch.device | str | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generator | None = None,
     progress: bool = False,
     start_index: int | None = None,
 ) -> Iterator[StepOutput]:

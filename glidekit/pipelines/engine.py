@@ -23,7 +23,13 @@ from typing import Any, ClassVar
 import torch
 
 from glidekit import __version__
-from glidekit.diffusion import GaussianDiffusion, create_diffusion, sample_progressive
+from glidekit.diffusion import (
+    GaussianDiffusion,
+    RowGenerators,
+    create_diffusion,
+    randn_like_rows,
+    sample_progressive,
+)
 from glidekit.errors import OptionError, OptionTypeError
 from glidekit.guidance import ClassifierFreeGuidance, known_region_replacer
 from glidekit.pipelines.devices import dtype_name, resolve_device, resolve_dtype
@@ -250,6 +256,9 @@ class GlidePipeline:
                 raise OptionError("options", f"expected {self.options_class.__name__}, got "
                                   f"{type(options).__name__}")  # fmt: skip
             options = options.replace(**kwargs) if kwargs else options
+        if isinstance(options.seed, list) and len(options.seed) != len(prompts):
+            raise OptionError("seed", f"{len(options.seed)} seeds for {len(prompts)} prompts; "
+                              "pass one seed, or one per prompt")  # fmt: skip
         return prompts, options
 
     def params(self, opts: RunOptions, **extra: Any) -> dict[str, Any]:
@@ -271,15 +280,21 @@ class GlidePipeline:
 
     # ------------------------------------------------------------------ sampling
     def sample_stage(self, lm: LoadedModel, prompts: list[str], stage: Stage,
-                     generator: torch.Generator, progress: bool = False,
+                     generator: torch.Generator | list[torch.Generator], progress: bool = False,
                      callback: StepCallback | None = None) -> torch.Tensor:  # fmt: skip
-        """Sample one stage for ``prompts`` (B rows); returns (B, 3, S, S) in [-1, 1]."""
+        """Sample one stage for ``prompts`` (B rows); returns (B, 3, S, S) in [-1, 1].
+
+        ``generator``: one for the batch, or one per item (B divisible by their number; row r
+        belongs to item r // (B / items)): each item's noise then comes from its own."""
         size, b = lm.model.config.image_size, len(prompts)
         diffusion = stage_diffusion(lm, stage)
         guided = stage.guidance_scale is not None
         n = 2 * b if guided else b
         kwargs = self._model_kwargs(lm, prompts + [""] * b if guided else prompts, stage, n)
         source, keep = kwargs.pop("_source"), kwargs.pop("_keep")
+        if isinstance(generator, list):  # per item: its conditional and unconditional rows
+            per = b // len(generator)
+            generator = RowGenerators(generator, [r // per for r in range(b)] * (n // b))
         model_fn = lm.model
         if guided:
             model_fn = ClassifierFreeGuidance(lm.model, stage.guidance_scale,
@@ -287,7 +302,7 @@ class GlidePipeline:
                                               num_timesteps=lm.diffusion.steps)  # fmt: skip
 
         shape = (n, 3, size, size)
-        noise = torch.randn(shape, generator=generator, device=self.device)
+        noise = randn_like_rows(shape, generator, device=self.device)
         start = diffusion.num_timesteps - 1
         x = noise * stage.temperature
         if stage.strength is not None:  # SDEdit: the source, noised to the start step
@@ -347,7 +362,11 @@ class GlidePipeline:
         up = self.upsampler if up_stage is not None and not self.low_memory else None
         if up is not None and up_stage is not None:
             stage_diffusion(up, up_stage)
-        generator = torch.Generator(device=self.device).manual_seed(opts.seed)
+        generator: Any  # one generator for the batch, or one per item (a list of seeds)
+        if isinstance(opts.seed, list):
+            generator = [torch.Generator(device=self.device).manual_seed(s) for s in opts.seed]
+        else:
+            generator = torch.Generator(device=self.device).manual_seed(opts.seed)
         low = None
         if base is not None and base_stage is not None:
             low = self.sample_stage(base, rows, base_stage, generator, progress, callback)

@@ -188,7 +188,13 @@ def check_interval(value: Any, arg: str) -> tuple[float, float] | None:
     return (lo, hi)
 
 
-def _seed(value: Any, arg: str) -> int:
+def _seed(value: Any, arg: str) -> int | list[int]:
+    """One seed for the batch, or a list of seeds, one per prompt (each item then draws its
+    noise from its own generator: its images do not depend on what it is batched with)."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise OptionError(arg, "empty list of seeds; pass one per prompt")
+        return [check_seed(v, arg) for v in value]
     return check_seed(value, arg)
 
 
@@ -204,7 +210,9 @@ class RunOptions:
     fixed_guidance: ClassVar[str | None] = "classifier-free"
 
     num_images: int = _opt(1, check_count, "images per prompt")
-    seed: int | None = _opt(None, _seed, "random seed (None: a fresh one, recorded)")
+    seed: int | list[int] | None = _opt(
+        None, _seed, "random seed (None: a fresh one, recorded), or one per prompt"
+    )
     steps: str = _opt("100", check_steps, "sampling steps: a count or a respacing")
     sampler: str = _opt("ancestral", check_sampler, "sampler: ancestral, ddim, dpm++2m")
     sampler_options: dict[str, Any] = _opt({}, check_mapping, "sampler options, e.g. eta")

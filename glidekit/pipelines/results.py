@@ -86,12 +86,33 @@ class PipelineResult:
         return iter(self.images)
 
     def image_params(self, index: int) -> dict[str, Any]:
-        """The params of image ``index`` alone: its own ``prompt`` and ``index`` added."""
+        """The params of image ``index`` alone: its own ``prompt``, ``index`` and (in a batch
+        with a seed per prompt) its own ``seed`` added."""
         row = self.rows[index] if self.rows is not None else index
         params = dict(self.params)
         params["index"] = row
         params["prompt"] = self.params["prompts"][row]
+        if isinstance(params.get("seed"), list):
+            params["seed"] = params["seed"][row // int(params.get("num_images") or 1)]
         return params
+
+    def items(self) -> list[PipelineResult]:
+        """One result per prompt of a batch made with one seed per prompt, each with the
+        params that prompt has alone (its seed, its rows): what an unbatched run records."""
+        seeds = self.params.get("seed")
+        if not isinstance(seeds, list):
+            return [self]
+        n = int(self.params.get("num_images") or 1)
+        out = []
+        for k, seed in enumerate(seeds):
+            rows = slice(k * n, (k + 1) * n)
+            params = dict(self.params, seed=seed, prompts=self.params["prompts"][rows])
+            out.append(PipelineResult(
+                images=self.images[rows], params=params,
+                samples=None if self.samples is None else self.samples[rows],
+                low_res=None if self.low_res is None else self.low_res[rows],
+            ))  # fmt: skip
+        return out
 
     def grid(self, cols: int | None = None) -> Image.Image:
         return make_grid(self.images, cols)
@@ -110,7 +131,9 @@ class PipelineResult:
             name = f"{stem}-{i}" if len(self.images) > 1 else stem
             paths.append(save_png(img, folder / f"{name}.png", p))
         if grid:
-            stem = prefix or output_stem(self.params["prompts"][0], self.params["seed"])
+            seed = self.params["seed"]
+            stem = prefix or output_stem(self.params["prompts"][0],
+                                         seed[0] if isinstance(seed, list) else seed)  # fmt: skip
             grid_params = dict(self.params)
             grid_params["grid"] = True
             paths.append(save_png(self.grid(), folder / f"{stem}-grid.png", grid_params))

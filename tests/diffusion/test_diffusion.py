@@ -222,3 +222,19 @@ def test_create_diffusion_from_config():
     d = create_diffusion(DiffusionConfig(prediction="v"), "10")
     assert d.num_timesteps == 10 and d.prediction == "v"
     assert create_diffusion(up, "").num_timesteps == 1000
+
+
+def test_row_generators_draw_each_items_noise_from_its_own_generator():
+    """An item's noise is the same whatever else is in the batch (bit-exact), and a single
+    item draws exactly what its generator alone draws."""
+    from glidekit.diffusion import RowGenerators
+
+    def gens(*seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    alone = RowGenerators(gens(2), [0, 0]).randn((2, 3, 4, 4))  # cond + uncond rows of item "2"
+    assert torch.equal(alone, torch.randn((2, 3, 4, 4), generator=torch.Generator().manual_seed(2)))
+    batch = RowGenerators(gens(1, 2, 3), [0, 1, 2, 0, 1, 2]).randn((6, 3, 4, 4))
+    assert torch.equal(batch[[1, 4]], alone)
+    with pytest.raises(ValueError, match="rows"):
+        RowGenerators(gens(1), [0, 1])

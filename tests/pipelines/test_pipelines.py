@@ -519,3 +519,19 @@ def test_unknown_words_are_named_in_a_warning(tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="glidekit.pipelines.engine"):
         pipe("a red circle in the top left", steps=2, seed=0)
     assert "does not know" not in caplog.text
+
+
+def test_a_seed_per_prompt_keeps_each_item_as_it_is_alone(t2i):
+    """Issue 18: with one seed per prompt each item's noise comes from its own generator, so
+    its images do not depend on what it is batched with (within 1/255: the kernels of this CPU
+    are not batch-invariant); its params are those of the item alone."""
+    kw = {"steps": 4, "upsample": False}
+    batch = t2i(["a red circle", "a blue square", "a cat"], seed=[5, 6, 7], num_images=2, **kw)
+    alone = t2i("a blue square", seed=6, num_images=2, **kw)
+    item = batch.items()[1]
+    assert item.params["seed"] == 6 and item.params["prompts"] == alone.params["prompts"]
+    for x, y in zip(item.images, alone.images, strict=True):
+        assert np.abs(px(x) - px(y)).max() <= 1
+    assert batch.image_params(3)["seed"] == 6  # row 3: the second prompt's second image
+    with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+        t2i(["a", "b", "c"], seed=[1, 2], **kw)
