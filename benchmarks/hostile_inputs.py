@@ -47,6 +47,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from glidekit.cli.bulk import lock_path
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GLIDEKIT_SHARED", REPO.parent / "shared"))
 logger = logging.getLogger("hostile_inputs")
@@ -528,7 +530,7 @@ def item_9(bench: Bench, model: Path) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    lock = folder / ".bulk.rank0.lock"
+    lock = lock_path(folder, 0, Path(bench.env["GLIDEKIT_CACHE"]))  # in the cache
     deadline = time.monotonic() + 120
     while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
