@@ -2,7 +2,10 @@
 
 Used by ``glidekit bench`` and the scripts in ``benchmarks/``. Weights are random (timing does not
 depend on their values). Where ``../shared/bench/calibrate.py`` is found beside a checkout, each
-time is also reported as a ratio to that yardstick, measured in the same process.
+time is also reported as a ratio to that yardstick, measured in the same process, and the CPU's
+bf16 features are written beside every figure (:func:`cpu_info`).
+
+Layer: a face beside ``glidekit.web`` (used by ``glidekit bench``); imports ``glidekit.nn``.
 """
 
 from __future__ import annotations
