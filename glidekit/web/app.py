@@ -44,7 +44,7 @@ DEVICE_GROUP = "device"  # the concurrency group every sampling job runs in
 #: The settings every job takes after its prompt, with their types: the page's controls and the
 #: API endpoints' last arguments, in this order.
 SETTINGS: dict[str, Any] = dict(
-    zip(SETTING_NAMES, (float, float, str, str, float | None, bool, bool), strict=True)
+    zip(SETTING_NAMES, (float, float, str, str, float | None, bool, bool, str), strict=True)
 )
 
 #: A job's results on the page: the gallery ((PNG, caption) pairs), the seed used, the PNGs.
@@ -196,7 +196,10 @@ class _App:
             seed = gr.Number(value=0, precision=0, minimum=0, maximum=2**31 - 1, label="Seed")
             random_seed = gr.Checkbox(value=True, label="Random seed")
             upsample = gr.Checkbox(value=True, label="Upsample (second stage)")
-        return [num, scale, steps, sampler, seed, random_seed, upsample]
+        interval = gr.Textbox(value="", label="Guidance interval", max_lines=1, max_length=32,
+                              info="classifier-free guidance only for t/T in LO,HI (e.g. 0.3,1); "
+                              "empty: every step")  # fmt: skip
+        return [num, scale, steps, sampler, seed, random_seed, upsample, interval]
 
     def _buttons(self, prefix: str, label: str) -> tuple[Any, Any]:
         """The run and Cancel buttons, side by side."""

@@ -152,12 +152,14 @@ def check_prompt(prompt: Any, limits: Limits) -> str:
 
 
 #: The page's settings of a job, in the order the page (and the API) sends them.
-SETTINGS = ("num_images", "guidance_scale", "steps", "sampler", "seed", "random_seed", "upsample")
+SETTINGS = ("num_images", "guidance_scale", "steps", "sampler", "seed", "random_seed", "upsample",
+            "guidance_interval")  # fmt: skip
 
 #: How the page labels each option in the messages it shows (the checks are the options').
 LABELS = {"prompt": "Prompt", "num_images": "Number of images", "guidance_scale": "Guidance scale",
           "steps": "Steps", "sampler": "Sampler", "seed": "Seed",
-          "upsample_steps": "Upsampler steps"}  # fmt: skip
+          "upsample_steps": "Upsampler steps",
+          "guidance_interval": "Guidance interval"}  # fmt: skip
 
 
 def whole(value: Any) -> Any:
@@ -467,6 +469,11 @@ class Jobs:
         if unknown:
             raise TypeError(f"{job}: unknown settings {sorted(unknown)}")
         seed = seed_field(fields.pop("seed", None), bool(fields.pop("random_seed", True)))
+        if (
+            isinstance(fields.get("guidance_interval"), str)
+            and not fields["guidance_interval"].strip()
+        ):
+            fields.pop("guidance_interval")  # the page's empty box: guide every step
         fields["upsample"] = bool(fields.get("upsample", True))
         return self.options(job, prompt, seed=seed, **fields)
 

@@ -196,3 +196,14 @@ def test_released_style_models_keep_glide_defaults(jobs):
     assert jobs.default("generate", "guidance_scale") == 3.0
     assert jobs.default("inpaint", "guidance_scale") == 5.0
     assert jobs.default("generate", "steps") == jobs.config.default_steps
+
+
+def test_guidance_interval_from_the_page(jobs):
+    """Issue 18: the guidance interval is a setting of the page too (empty: every step)."""
+    out = jobs.generate("a red circle", 1, 3.0, "4", "ancestral", 1, False, False, "0.3,1")
+    assert out.params["guidance_interval"] == [0.3, 1.0]
+    out = jobs.generate("a red circle", steps="4", seed=1, random_seed=False, upsample=False,
+                        guidance_interval="")  # fmt: skip
+    assert out.params["guidance_interval"] is None
+    with pytest.raises(InputError, match="Guidance interval"):
+        jobs.generate("a red circle", steps="4", guidance_interval="0.9,0.1")
