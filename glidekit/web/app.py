@@ -196,9 +196,10 @@ class _App:
             seed = gr.Number(value=0, precision=0, minimum=0, maximum=2**31 - 1, label="Seed")
             random_seed = gr.Checkbox(value=True, label="Random seed")
             upsample = gr.Checkbox(value=True, label="Upsample (second stage)")
-        interval = gr.Textbox(value="", label="Guidance interval", max_lines=1, max_length=32,
-                              info="classifier-free guidance only for t/T in LO,HI (e.g. 0.3,1); "
-                              "empty: every step")  # fmt: skip
+        with gr.Accordion("More settings", open=False):  # the page keeps its height
+            interval = gr.Textbox(value="", label="Guidance interval", max_lines=1,
+                                  max_length=32, info="classifier-free guidance only for t/T in "
+                                  "LO,HI (e.g. 0.3,1); empty: every step")  # fmt: skip
         return [num, scale, steps, sampler, seed, random_seed, upsample, interval]
 
     def _buttons(self, prefix: str, label: str) -> tuple[Any, Any]:

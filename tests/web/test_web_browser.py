@@ -99,6 +99,7 @@ def upload_and_paint(page, picture) -> None:
     canvas = page.locator("#inp-editor canvas").first
     canvas.wait_for()
     page.wait_for_timeout(2500)  # the editor draws the picture
+    canvas.scroll_into_view_if_needed()  # the mouse paints in viewport coordinates
     box = canvas.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(cx - 30, cy)
