@@ -278,17 +278,14 @@ def batches(mine: list[Item], kw: dict[str, Any], base_seed: int,
     """Consecutive items with the same options (but their seeds), ``size`` at most a batch:
     each is sampled with its own seed's generator, so its pictures do not depend on the batch."""
     out: list[list[Item]] = []
+    last = None  # the options (but the seed) of the batch being filled
     for item in mine:
         options = {k: v for k, v in item_kwargs(item, kw, base_seed).items() if k != "seed"}
-        if (
-            out
-            and len(out[-1]) < size
-            and options
-            == {k: v for k, v in item_kwargs(out[-1][0], kw, base_seed).items() if k != "seed"}
-        ):
+        if out and len(out[-1]) < size and options == last:
             out[-1].append(item)
         else:
             out.append([item])
+            last = options
     return out
 
 

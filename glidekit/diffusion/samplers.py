@@ -125,6 +125,8 @@ class RowGenerators:
             self.generators
         ):
             raise ValueError("rows name an item without a generator")
+        # each item's rows, found once (every step of the run draws through them)
+        self._where = [(self.rows == item).nonzero().flatten() for item in range(len(generators))]
 
     def randn(self, shape: Sequence[int], device: torch.device | str | None = None,
               dtype: torch.dtype | None = None) -> torch.Tensor:  # fmt: skip
@@ -132,8 +134,7 @@ class RowGenerators:
         if shape[0] != len(self.rows):
             raise ValueError(f"noise for {shape[0]} rows, but {len(self.rows)} rows are known")
         out = torch.empty(tuple(shape), device=device, dtype=dtype or torch.float32)
-        for item, generator in enumerate(self.generators):
-            where = (self.rows == item).nonzero().flatten()
+        for generator, where in zip(self.generators, self._where, strict=True):
             draw = torch.randn((len(where), *shape[1:]), generator=generator,
                                device=generator.device, dtype=out.dtype)  # fmt: skip
             out[where.to(out.device)] = draw.to(out.device)

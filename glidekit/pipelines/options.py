@@ -25,11 +25,11 @@ from typing import Any, ClassVar, TypeVar
 from glidekit.diffusion import check_sampler_options, get_sampler, space_timesteps
 from glidekit.errors import OptionError, OptionTypeError
 from glidekit.guidance import check_guidance_scale
+from glidekit.pipelines.images import FITS
 
 Opts = TypeVar("Opts", bound="RunOptions")
 
 GUIDANCES = ("classifier-free", "clip")
-FITS = ("crop", "pad")
 _KARRAS = re.compile(r"^karras(\d+)$")
 
 # --------------------------------------------------------------------------- value checks
