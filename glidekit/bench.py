@@ -5,7 +5,8 @@ depend on their values). Where ``../shared/bench/calibrate.py`` is found beside 
 time is also reported as a ratio to that yardstick, measured in the same process, and the CPU's
 bf16 features are written beside every figure (:func:`cpu_info`).
 
-Layer: a face beside ``glidekit.web`` (used by ``glidekit bench``); imports ``glidekit.nn``.
+Layer: a face beside ``glidekit.web`` (used by ``glidekit bench``); imports ``glidekit.nn`` and
+``glidekit.pipelines.devices`` (:func:`cpu_info`, which the fast preset reads too).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -26,33 +26,12 @@ import torch
 
 from glidekit.nn import RELEASED_CONFIGS, UNetConfig, create_model
 from glidekit.nn.unet import GlideUNet
+from glidekit.pipelines.devices import cpu_info
 
 logger = logging.getLogger(__name__)
 
 # (batch, image size) of the official timing figures: base batch 2 (CFG), upsampler batch 1.
 DEFAULT_CASES: dict[str, tuple[int, int]] = {"base": (2, 64), "upsample": (1, 256)}
-
-
-#: The CPU features that decide how fast bf16 runs: AMX tiles (several times fp32's matmul
-#: throughput) or AVX-512 bf16 dot products (about fp32's speed at these sizes).
-BF16_FEATURES = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f")
-
-
-def cpu_info() -> dict[str, object]:
-    """The CPU's model name and which of :data:`BF16_FEATURES` it has (Linux /proc/cpuinfo;
-    elsewhere the platform's processor string and no features), written beside every figure."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and value.strip():
-            model = value.strip()
-        elif key.strip() == "flags":
-            flags = set(value.split())
-    return {"cpu": model, **{f: f in flags for f in BF16_FEATURES}}
 
 
 @dataclass

@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from glidekit.bench import BF16_FEATURES, as_dict, cpu_info, find_calibrate, forward_cost
+from glidekit.bench import as_dict, find_calibrate, forward_cost
+from glidekit.pipelines.devices import BF16_FEATURES, cpu_info
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 

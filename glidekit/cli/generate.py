@@ -25,6 +25,7 @@ from glidekit.cli.outputs import check_outdir, write_results
 from glidekit.cli.types import positive
 from glidekit.errors import UsageError
 from glidekit.pipelines import (
+    PRESETS,
     EditPipeline,
     GlidePipeline,
     InpaintPipeline,
@@ -85,7 +86,16 @@ def _common(p: argparse.ArgumentParser, *, upsample: bool = True) -> None:
     p.add_argument("--name", metavar="STEM", help="file name stem (default: from the prompt)")
     p.add_argument("--grid", action="store_true", help="also write all images as one grid PNG")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1...")
-    p.add_argument("--dtype", default="auto", help="auto (fp16 on GPUs, fp32 on CPU), fp32, bf16")
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="official (GLIDE's sampling, the default) or fast (bf16/fp16 where native, "
+        "DPM-Solver++ 25 + 10 steps, guidance for t/T in [0.3, 1], one model at a time on CPU); "
+        "flags given override it",
+    )
+    p.add_argument(
+        "--dtype", default="auto", help="auto (the preset's: fp16 on GPUs, fp32 on CPU), fp32, bf16"
+    )
     p.add_argument("--cache-dir", metavar="DIR", help="checkpoint cache (default: glidekit's)")
     p.add_argument(
         "--low-memory",
@@ -196,7 +206,8 @@ def build_pipeline(args: argparse.Namespace, **extra: Any) -> GlidePipeline:
     """The command's pipeline on the models named (or the package defaults); nothing loads."""
     cls = args.pipeline
     opts = {"device": args.device, "dtype": args.dtype, "cache_dir": args.cache_dir,
-            "low_memory": args.low_memory, "compile": args.compile, **extra}  # fmt: skip
+            "low_memory": True if args.low_memory else None,  # None: the preset's
+            "compile": args.compile, "preset": args.preset, **extra}  # fmt: skip
     base = None
     if cls.base_role is not None:
         base = getattr(args, "base", None) or default_source(cls.base_role)
@@ -213,7 +224,7 @@ def _run(args: argparse.Namespace, pipe: GlidePipeline, prompts: Any, *inputs: A
          index: int | None = None, **kwargs: Any) -> int:  # fmt: skip
     """Check the options, the output folder, run the pipeline and write its PNGs."""
     prompt_list = check_prompts(prompts)
-    opts = pipe.options_class.build(given_options(args), pipe.model_defaults())
+    opts = pipe.build_options(given_options(args))
     check_outdir(args.outdir)
     result = pipe(prompt_list, *inputs, options=opts, progress=_progress(args), **kwargs)
     if index is not None and 0 <= index < len(result):
@@ -248,6 +259,8 @@ def _from_png(args: argparse.Namespace) -> tuple[list[str], int | None]:
             setattr(args, name, value)
     if hasattr(args, "no_upsample"):
         args.no_upsample = args.no_upsample or not recorded.get("upsample", True)
+    if args.preset is None and params.get("preset") in PRESETS:  # its dtype and memory use
+        args.preset = params["preset"]
     if args.command == "generate":
         _from_png_guidance(args, params, recorded)
     for key in ("base", "upsampler", "image", "mask"):

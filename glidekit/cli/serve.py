@@ -18,6 +18,7 @@ from typing import Any
 from glidekit.cli.types import positive
 from glidekit.errors import UsageError
 from glidekit.pipelines.images import MAX_PIXELS
+from glidekit.pipelines.presets import PRESETS
 from glidekit.web.app import launch, prepare_environment
 from glidekit.web.jobs import InputError, Jobs, Limits, WebConfig
 
@@ -45,10 +46,20 @@ def register(subparsers: Any) -> None:
         "--inpaint-upsampler", metavar="NAME_OR_PATH", help="inpainting upsampler ('none': off)"
     )
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1...")
-    p.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16")
+    p.add_argument("--dtype", default="auto", help="auto (the preset's), fp32, fp16, bf16")
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default="official",
+        help="every job's: official (GLIDE's sampling) or fast (see `glidekit generate --help`)",
+    )
     p.add_argument("--cache-dir", metavar="DIR", help="checkpoint cache for released models")
-    p.add_argument("--steps", default="100", help="default base steps shown on the page (100)")
-    p.add_argument("--upsample-steps", default="fast27", help="upsampler steps (fast27)")
+    p.add_argument(
+        "--steps", help="default base steps shown on the page (the preset's or model's, else 100)"
+    )
+    p.add_argument(
+        "--upsample-steps", help="upsampler steps (the preset's or model's, else fast27)"
+    )
     p.add_argument("--queue-size", type=positive(int), default=8, help="waiting jobs at most (8)")
     p.add_argument("--max-images", type=positive(int), default=4, help="images per request (4)")
     p.add_argument("--max-steps", type=positive(int), default=250, help="steps per request (250)")
@@ -91,6 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
             inpaint_upsampler=args.inpaint_upsampler,
             device=args.device,
             dtype=args.dtype,
+            preset=args.preset,
             cache_dir=args.cache_dir,
             upsample_steps=args.upsample_steps,
             default_steps=args.steps,

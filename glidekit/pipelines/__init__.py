@@ -11,7 +11,8 @@ package defaults) and returns a :class:`PipelineResult` with ``.images`` and ``.
 run's options are one typed object per kind of run (:mod:`glidekit.pipelines.options`), given
 as keyword arguments or ``options=``; defaults come from the model file, then GLIDE's.
 
-One job a file: ``options`` (a run's options, checked once), ``sources`` (which model, and its
+One job a file: ``options`` (a run's options, checked once), ``presets`` (named combinations
+of dtype, memory use and options: "official", "fast"), ``sources`` (which model, and its
 own defaults), ``slots`` (models loaded on first use), ``devices``, ``images`` (input pictures
 and masks), ``results`` (results and PNG files), ``engine`` (the base-then-upsampler flow), and
 one file per pipeline.
@@ -34,6 +35,7 @@ from glidekit.pipelines.options import (
     Text2ImageOptions,
     UpsampleOptions,
 )
+from glidekit.pipelines.presets import PRESETS, Preset
 from glidekit.pipelines.results import PipelineResult, make_grid, read_png_params, save_png
 from glidekit.pipelines.slots import LoadedModel, ModelSlot
 from glidekit.pipelines.text2image import Text2ImagePipeline
@@ -55,7 +57,9 @@ __all__ = [
     "InpaintPipeline",
     "LoadedModel",
     "ModelSlot",
+    "PRESETS",
     "PipelineResult",
+    "Preset",
     "RunOptions",
     "StepCallback",
     "Text2ImageOptions",

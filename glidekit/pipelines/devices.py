@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import platform
 import sys
+from pathlib import Path
 
 import torch
 
@@ -80,6 +82,45 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         logger.warning("dtype float16 requested on the CPU; computing in float32 (use bf16)")
         return torch.float32
     return resolved
+
+
+#: The CPU features that decide how fast bf16 runs: AMX tiles (several times fp32's matmul
+#: throughput) or AVX-512 bf16 dot products (about fp32's speed for matmuls; the full-size
+#: cascade still runs about 2x faster than fp32, RESULTS.md "Forward cost").
+BF16_FEATURES = ("amx_bf16", "amx_tile", "avx512_bf16", "avx512f")
+
+
+def cpu_info() -> dict[str, object]:
+    """The CPU's model name and which of :data:`BF16_FEATURES` it has (Linux /proc/cpuinfo;
+    elsewhere the platform's processor string and no features), written beside every figure."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+    return {"cpu": model, **{f: f in flags for f in BF16_FEATURES}}
+
+
+def fast_dtype(device: torch.device) -> torch.dtype:
+    """The fastest dtype that keeps GLIDE's pictures on ``device`` (the fast preset's).
+
+    CUDA: bf16 where the card has it (as fast as fp16 and without fp16's overflow, the NaN /
+    black images of openai/glide-text2im #31), else fp16. MPS: fp16. CPU: bf16 when the CPU
+    has native bf16 instructions (AMX or AVX-512 bf16; emulated bf16 is slower than fp32),
+    else fp32.
+    """
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    info = cpu_info()
+    return torch.bfloat16 if info["amx_bf16"] or info["avx512_bf16"] else torch.float32
 
 
 def dtype_name(dtype: torch.dtype) -> str:

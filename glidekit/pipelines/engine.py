@@ -42,6 +42,7 @@ from glidekit.pipelines.images import (
     load_source,
 )
 from glidekit.pipelines.options import CascadeOptions, RunOptions, check_prompts
+from glidekit.pipelines.presets import Preset, get_preset
 from glidekit.pipelines.results import PipelineResult, jsonable, tensor_to_images
 from glidekit.pipelines.slots import ClipSlot, LoadedModel, ModelSlot
 from glidekit.pipelines.sources import ModelSource, default_source
@@ -120,9 +121,12 @@ class GlidePipeline:
     ``upsampler=None`` stops at the base resolution. ``clip``: anything
     :class:`~glidekit.pipelines.slots.ClipSlot` accepts, used only by CLIP guidance (default:
     the package's CLIP beside the embedded models, else the released towers). ``device``:
-    "auto" (cuda, then mps, then cpu) or a torch device. ``dtype``: "auto" (fp16 on GPUs, fp32
-    on CPU), "fp32", "fp16" or "bf16". Models load on first use. ``low_memory``: hold one model
-    at a time (the peak is the larger model, not both; every call then loads its models again).
+    "auto" (cuda, then mps, then cpu) or a torch device. ``preset``: "official" (GLIDE's
+    sampling, the default) or "fast" (:mod:`glidekit.pipelines.presets`): it chooses the dtype
+    and ``low_memory`` left at None/"auto" and a layer of run options under the ones given.
+    ``dtype``: "auto" (the preset's: for "official" fp16 on GPUs, fp32 on CPU), "fp32", "fp16"
+    or "bf16". Models load on first use. ``low_memory``: hold one model at a time (the peak is
+    the larger model, not both; every call then loads its models again); None: the preset's.
     ``compile``: run the UNets through ``torch.compile`` (the first step compiles: minutes on a
     CPU).
     """
@@ -142,16 +146,19 @@ class GlidePipeline:
         device: str | torch.device | None = "auto",
         dtype: str | torch.dtype | None = "auto",
         cache_dir: str | os.PathLike | None = None,
-        low_memory: bool = False,
+        low_memory: bool | None = None,
         compile: bool = False,
+        preset: str | Preset | None = None,
     ) -> None:
         for name, flag in (("low_memory", low_memory), ("compile", compile)):
-            if not isinstance(flag, bool):
+            if not isinstance(flag, bool) and not (name == "low_memory" and flag is None):
                 raise OptionTypeError(name, f"expected True or False, got {flag!r}")
-        self.low_memory = low_memory
+        self.preset = get_preset(preset)
         self.compile = compile
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        auto = dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto")
+        self.dtype = self.preset.dtype(self.device) if auto else resolve_dtype(dtype, self.device)
+        self.low_memory = self.preset.low_memory(self.device) if low_memory is None else low_memory
         if self.base_role is not None and base is None:
             raise OptionError(self.base_role, "a base model is required")
         self.base_slot = ModelSlot(base, self.base_role, cache_dir) if self.base_role else None
@@ -242,15 +249,22 @@ class GlidePipeline:
         slot = self.base_slot or self.upsampler_slot
         return slot.defaults() if slot is not None else {}
 
+    def build_options(self, given: Any = ()) -> Any:
+        """This pipeline's options from ``given`` (keyword arguments), over its preset's, over
+        the model file's own defaults (:meth:`RunOptions.build`)."""
+        return self.options_class.build(
+            given, self.model_defaults(), self.preset.options_for(self.options_class)
+        )
+
     def check_inputs(self, prompt: Any, options: RunOptions | None = None,
                      **kwargs: Any) -> tuple[list[str], Any]:  # fmt: skip
         """The prompts and this run's options, checked, before any model is loaded.
 
         ``options``: a ready options object (``kwargs`` then change it); else the options are
-        built from ``kwargs`` over the model's own defaults (:meth:`RunOptions.build`)."""
+        built from ``kwargs`` over the preset's and the model's own (:meth:`build_options`)."""
         prompts = check_prompts(prompt)
         if options is None:
-            options = self.options_class.build(kwargs, self.model_defaults())
+            options = self.build_options(kwargs)
         else:
             if not isinstance(options, self.options_class):
                 raise OptionError("options", f"expected {self.options_class.__name__}, got "
@@ -269,6 +283,7 @@ class GlidePipeline:
             "upsampler": self.upsampler_slot.label if self.upsampler_slot else None,
             "device": str(self.device),
             "dtype": dtype_name(self.dtype),
+            "preset": self.preset.name,
             "glidekit_version": __version__,
         }
         out.update(opts.to_params())

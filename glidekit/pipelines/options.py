@@ -7,9 +7,10 @@ option itself. Every field is checked and normalised in ``__post_init__``; a bad
 argument its own way. :meth:`RunOptions.to_params` is what a result's ``params`` (and so every
 PNG) records, and :meth:`RunOptions.from_params` reads it back (``glidekit generate --from``).
 
-Precedence, in :meth:`RunOptions.build`: options given > the model file's own sampling
-defaults (see :func:`glidekit.pipelines.sources.model_defaults`) > the class defaults below,
-which are GLIDE's (the official notebooks').
+Precedence, in :meth:`RunOptions.build`: options given > a named preset's
+(:mod:`glidekit.pipelines.presets`) > the model file's own sampling defaults (see
+:func:`glidekit.pipelines.sources.model_defaults`) > the class defaults below, which are
+GLIDE's (the official notebooks').
 """
 
 from __future__ import annotations
@@ -238,13 +239,17 @@ class RunOptions:
 
     @classmethod
     def build(
-        cls: type[Opts], given: Mapping[str, Any] = (), model: Mapping[str, Any] = ()
+        cls: type[Opts],
+        given: Mapping[str, Any] = (),
+        model: Mapping[str, Any] = (),
+        preset: Mapping[str, Any] = (),
     ) -> Opts:
         """Options from ``given`` (keyword arguments, flags or fields: these win), then
-        ``model`` (the model file's own defaults), then the class defaults. The model's
-        defaults are a set made for one guidance (``model["guidance"]``, classifier-free if
-        absent): a run with another guidance ignores them all. An unknown key in ``given`` is
-        an error naming it."""
+        ``preset`` (a named preset's, :mod:`glidekit.pipelines.presets`), then ``model`` (the
+        model file's own defaults), then the class defaults. The model's defaults are a set
+        made for one guidance (``model["guidance"]``, classifier-free if absent): a run with
+        another guidance ignores them all. An unknown key in ``given`` is an error naming
+        it."""
         given = dict(given)
         names = cls.option_names()
         for key in given:
@@ -256,6 +261,7 @@ class RunOptions:
         own = model.get("guidance", "classifier-free")
         wanted = cls.fixed_guidance or given.get("guidance", own)
         merged = {k: v for k, v in model.items() if k in names} if wanted == own else {}
+        merged.update({k: v for k, v in dict(preset).items() if k in names})
         merged.update(given)
         return cls(**merged)
 

@@ -191,13 +191,16 @@ class _App:
                 max_lines=1,
                 max_length=64,
             )
-            sampler = gr.Dropdown(self.samplers, value=self.config.default_sampler, label="Sampler")
+            sampler = gr.Dropdown(self.samplers, value=jobs.default(job, "sampler"),
+                                  label="Sampler")  # fmt: skip
         with gr.Row():
             seed = gr.Number(value=0, precision=0, minimum=0, maximum=2**31 - 1, label="Seed")
             random_seed = gr.Checkbox(value=True, label="Random seed")
             upsample = gr.Checkbox(value=True, label="Upsample (second stage)")
         with gr.Accordion("More settings", open=False):  # the page keeps its height
-            interval = gr.Textbox(value="", label="Guidance interval", max_lines=1,
+            lo_hi = jobs.default(job, "guidance_interval")
+            interval = gr.Textbox(value=",".join(f"{v:g}" for v in lo_hi) if lo_hi else "",
+                                  label="Guidance interval", max_lines=1,
                                   max_length=32, info="classifier-free guidance only for t/T in "
                                   "LO,HI (e.g. 0.3,1); empty: every step")  # fmt: skip
         return [num, scale, steps, sampler, seed, random_seed, upsample, interval]

@@ -106,7 +106,8 @@ class WebConfig:
     glidekit model files, or None for the package defaults (the embedded demo models if the
     package ships them, else the released weights); an upsampler of "none" switches it off.
     ``workdir``: the only folder the app writes to (results, uploads); the caller creates it
-    and removes it at exit (``glidekit serve`` uses a fresh temporary folder).
+    and removes it at exit (``glidekit serve`` uses a fresh temporary folder). ``preset``:
+    every job's (:mod:`glidekit.pipelines.presets`: "official" or "fast").
     """
 
     workdir: Path
@@ -116,10 +117,10 @@ class WebConfig:
     inpaint_upsampler: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    preset: str = "official"
     cache_dir: str | None = None
-    upsample_steps: str = "fast27"
-    default_steps: str = "100"
-    default_sampler: str = "ancestral"
+    upsample_steps: str | None = None  # None: the preset's, else the model's, else fast27
+    default_steps: str | None = None  # the page's; None: the preset's, the model's, else 100
     limits: Limits = field(default_factory=Limits)
     queue_size: int = 8
     output_ttl_s: float = 3600.0
@@ -322,7 +323,8 @@ class Jobs:
     def __init__(self, config: WebConfig) -> None:
         self.config = config
         self.limits = config.limits
-        opts = {"device": config.device, "dtype": config.dtype, "cache_dir": config.cache_dir}
+        opts = {"device": config.device, "dtype": config.dtype, "cache_dir": config.cache_dir,
+                "preset": config.preset}  # fmt: skip
         self.text2image = Text2ImagePipeline(
             _source(config.base, "base"), _source(config.upsampler, "upsampler"), **opts
         )
@@ -330,9 +332,9 @@ class Jobs:
                                          _source(config.inpaint_upsampler, "upsampler_inpaint"),
                                          **opts)  # fmt: skip
         self.pipes = {"generate": self.text2image, "inpaint": self.inpainter}
+        chosen = {} if config.upsample_steps is None else {"upsample_steps": config.upsample_steps}
         try:
-            upsample_steps = self.text2image.options_class.build(
-                {"upsample_steps": config.upsample_steps}).upsample_steps  # fmt: skip
+            upsample_steps = self.text2image.build_options(chosen).upsample_steps
         except OptionError as exc:
             raise InputError(f"Upsampler steps: {exc.message}") from None
         if step_count(upsample_steps) > self.limits.max_upsample_steps:
@@ -342,13 +344,12 @@ class Jobs:
         config.outputs_dir.mkdir(parents=True, exist_ok=True)
 
     def default(self, job: str, name: str) -> Any:
-        """The page's default for option ``name`` of ``job`` (generate, inpaint): the model
-        file's own where it has them (the embedded models), else GLIDE's, with the server's
-        ``default_steps``."""
-        pipe = self.pipes[job]
-        own = pipe.model_defaults()
-        given = {} if "steps" in own else {"steps": self.config.default_steps}
-        return getattr(pipe.options_class.build(given, own), name)
+        """The page's default for option ``name`` of ``job`` (generate, inpaint): the server's
+        ``default_steps`` if set, then the preset's, the model file's own (the embedded models
+        carry theirs), else GLIDE's."""
+        steps = self.config.default_steps
+        given = {} if steps is None else {"steps": steps}
+        return getattr(self.pipes[job].build_options(given), name)
 
     def options(self, job: str, prompt: Any, **fields: Any) -> Any:
         """A request's options: the fields given over the model's defaults, checked by the

@@ -431,3 +431,29 @@ def test_log_lines_name_what_they_say(run, caplog, monkeypatch, tmp_path):
     assert any("the upsampler is the embedded" in m and "shapes-upsample" in m for m in lines)
     assert any("the base is the embedded" in m and "shapes-base" in m for m in lines)
     assert not any("the base is" in m and "upsample" in m for m in lines)
+
+
+def test_preset_fast_is_recorded_and_repeated(run, tmp_path, monkeypatch):
+    import glidekit.pipelines.devices as devices
+
+    flags = {"cpu": "test CPU", **dict.fromkeys(devices.BF16_FEATURES, False), "avx512_bf16": True}
+    monkeypatch.setattr(devices, "cpu_info", lambda: dict(flags))
+    code, out, err = run("generate", "a red circle", "--seed", "2", "--preset", "fast",
+                         "--steps", "karras5", "--upsample-steps", "3", "--json")  # fmt: skip
+    assert code == 0, err
+    path = json.loads(out)["images"][0]["path"]
+    params = read_png_params(path)
+    assert params["preset"] == "fast" and params["dtype"] == "bf16"
+    assert params["steps"] == "karras5"  # the flag given wins over the preset's karras25
+    assert params["sampler"] == "dpm++2m" and params["upsample_sampler"] == "dpm++2m"
+    assert params["guidance_interval"] == [0.3, 1.0]
+    # --from takes the preset back (its dtype too) and makes the same picture.
+    code, out, err = run("generate", "--from", path, "--json", models=None,
+                         outdir=tmp_path / "again")  # fmt: skip
+    assert code == 0, err
+    again = json.loads(out)["images"][0]["path"]
+    assert read_png_params(again) == params
+    assert np.array_equal(px(again), px(path))
+    with pytest.raises(SystemExit) as exit_info:  # argparse's choices: exit 2, one line
+        run("generate", "a red circle", "--preset", "turbo")
+    assert exit_info.value.code == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from helpers import UP_SIZE, random_picture, save_tiny_models, square_mask
@@ -195,7 +197,7 @@ def test_released_style_models_keep_glide_defaults(jobs):
     assert type(jobs.text2image).__name__ == "Text2ImagePipeline"
     assert jobs.default("generate", "guidance_scale") == 3.0
     assert jobs.default("inpaint", "guidance_scale") == 5.0
-    assert jobs.default("generate", "steps") == jobs.config.default_steps
+    assert jobs.default("generate", "steps") == "100"  # GLIDE's, the server setting none
 
 
 def test_guidance_interval_from_the_page(jobs):
@@ -207,3 +209,16 @@ def test_guidance_interval_from_the_page(jobs):
     assert out.params["guidance_interval"] is None
     with pytest.raises(InputError, match="Guidance interval"):
         jobs.generate("a red circle", steps="4", guidance_interval="0.9,0.1")
+
+
+def test_a_fast_server_shows_and_runs_the_presets_options(jobs, tmp_path):
+    config = dataclasses.replace(jobs.config, preset="fast", upsample_steps=None,
+                                 workdir=tmp_path)  # fmt: skip
+    fast = Jobs(config)
+    assert fast.text2image.preset.name == fast.inpainter.preset.name == "fast"
+    assert fast.default("generate", "steps") == "karras25"
+    assert fast.default("generate", "sampler") == "dpm++2m"
+    assert fast.default("inpaint", "guidance_interval") == (0.3, 1.0)
+    assert fast.upsample_steps == "10"
+    _, opts = fast.options("generate", "a red circle", steps="karras4")
+    assert (opts.steps, opts.sampler, opts.upsample_steps) == ("karras4", "dpm++2m", "10")
