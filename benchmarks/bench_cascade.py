@@ -2,7 +2,7 @@
 """The end-to-end text-to-image cascade on CPU (full-size base + upsampler), and bf16 faithfulness.
 
     python benchmarks/bench_cascade.py [--workdir DIR] [--json out.json] [--threads N]
-        [--presets official official-steps-bf16 fast fast-low-memory fast15-low-memory] [--prompt TEXT] [--seed N]
+        [--presets NAME ...] [--prompt TEXT] [--seed N]
     python benchmarks/bench_cascade.py --tiny     # small models, few steps: a smoke test
 
 The full run takes about 8 minutes on a quiet 2-core CPU (steps x the forward costs in
@@ -31,6 +31,14 @@ resident memory, ``ru_maxrss``, is its own; the parent process never imports tor
   includes loading the upsampler.
 * ``fast15-low-memory``: ``fast-low-memory`` with 15 base steps ("karras15") and 5 upsampler
   steps.
+* ``official-steps-bf16-interval``: ``official-steps-bf16`` with classifier-free guidance only
+  for t/T in [0.3, 1] (the guidance interval's time saving at full size).
+* ``preset-fast``: glidekit's own ``preset="fast"`` (``glidekit generate --preset fast``): the
+  pipeline chooses the dtype, memory use, sampler, steps and guidance interval; on a CPU with
+  bf16 instructions that is ``fast-low-memory`` with the interval [0.3, 1]. Its goal (240x
+  calibrate.py) is split between the stages by their GFLOP (the base at batch 2 inside the
+  interval, batch 1 outside; ../shared/reference/timings.json), and each stage's ratio is
+  printed against its share.
 
 Each subprocess loads the models (timed, reported apart), times ``../shared/bench/calibrate.py``
 right before the run, runs the whole cascade through :class:`Text2ImagePipeline` (tokenizing and
@@ -40,7 +48,7 @@ result (PNG and float npy) and the 64 px base image (PNG and uint8 npy).
 Noise: the pipeline draws everything from one ``torch.Generator`` seeded with ``--seed``, in
 float32 on the CPU (the base's start noise, each step's noise, then the upsampler's start noise),
 and the model outputs are float32 in both dtypes, so ``official`` and ``official-steps-bf16`` see
-identical noise; the script checks this with a fingerprint of the generator's final state. The
+identical noise (the same draws in the same order: the sampler and step counts are equal). The
 dpm++2m sampler draws no per-step noise, so ``fast`` shares the base start noise with the others
 but not the upsampler's.
 
@@ -89,6 +97,8 @@ class Preset:
     target_s: float | None  # at the reference calibrate
     target_note: str
     low_memory: bool = False  # one model resident at a time (the upsampler loads in the run)
+    guidance_interval: tuple[float, float] | None = None  # guided t/T range (None: all steps)
+    library: str | None = None  # a glidekit preset: the pipeline chooses everything above
 
 
 PRESETS: dict[str, Preset] = {
@@ -103,6 +113,12 @@ PRESETS: dict[str, Preset] = {
                "<= 25 s", low_memory=True),
         Preset("fast15-low-memory", "bf16", "karras15", "dpm++2m", "5", "dpm++2m", 25.0,
                "<= 25 s", low_memory=True),
+        Preset("official-steps-bf16-interval", "bf16", "100", "ancestral", "fast27", "ddim",
+               None, "the interval's saving", guidance_interval=(0.3, 1.0)),
+        # glidekit's own preset="fast" (Text2ImagePipeline(..., preset="fast")): the fields
+        # here only describe what it chooses on a CPU with bf16 instructions.
+        Preset("preset-fast", "bf16", "karras25", "dpm++2m", "10", "dpm++2m", 25.0,
+               "<= 25 s (240x)", low_memory=True, guidance_interval=(0.3, 1.0), library="fast"),
     )
 }  # fmt: skip
 # --tiny: the same presets with very few steps.
@@ -112,7 +128,13 @@ TINY_STEPS: dict[str, tuple[str, str]] = {
     "fast": ("karras4", "3"),
     "fast-low-memory": ("karras4", "3"),
     "fast15-low-memory": ("karras3", "2"),
+    "official-steps-bf16-interval": ("6", "4"),
+    "preset-fast": ("karras4", "3"),
 }
+#: GFLOP of one forward at the reference machine (../shared/reference/timings.json): the fast
+#: preset's goal is shared between its stages in proportion to the work each does.
+BASE_GFLOP_BATCH2, UPSAMPLE_GFLOP = 476.6, 1281.1
+REFERENCE_GOAL_RATIO = 240.0  # the fast preset's cascade at most 240x calibrate.py
 GUIDANCE_SCALE = 3.0
 UPSAMPLE_TEMP = 0.997
 
@@ -220,10 +242,24 @@ def _rss_now_mb() -> float | None:
     return None
 
 
+def stage_gflop(params: dict[str, Any], tiny: bool) -> tuple[float, float]:
+    """(base, upsampler) GFLOP of the run ``params`` describe, at the released sizes: guided
+    base steps at batch 2, unguided ones (outside the guidance interval) at batch 1."""
+    from glidekit.diffusion import DiffusionConfig, create_diffusion
+
+    base_config = model_configs(tiny)["base"]
+    diffusion = create_diffusion(DiffusionConfig.for_model(base_config), params["steps"])
+    lo, hi = params.get("guidance_interval") or (0.0, 1.0)
+    ts = [int(t) for t in diffusion.timestep_map]
+    guided = sum(lo <= t / 1000 <= hi for t in ts)
+    base = guided * BASE_GFLOP_BATCH2 + (len(ts) - guided) * BASE_GFLOP_BATCH2 / 2
+    up_steps = len(create_diffusion(DiffusionConfig.for_model(model_configs(tiny)["upsample"]),
+                                    params["upsample_steps"]).timestep_map)  # fmt: skip
+    return base, up_steps * UPSAMPLE_GFLOP
+
+
 def worker_run(args: argparse.Namespace) -> dict[str, Any]:
     """One preset: load, calibrate, the cascade, calibrate again; images saved to --out."""
-    import hashlib
-
     import numpy as np
     import torch
 
@@ -237,23 +273,20 @@ def worker_run(args: argparse.Namespace) -> dict[str, Any]:
         TINY_STEPS[preset.name] if args.tiny else (preset.steps, preset.upsample_steps)
     )
     paths = model_paths(args.workdir, args.tiny)
-    generators: list[torch.Generator] = []
-
-    class Pipeline(Text2ImagePipeline):
-        # Only observes the generator (for the noise fingerprint); sampling is unchanged.
-        def _generator(self, seed: int) -> torch.Generator:
-            generator = super()._generator(seed)
-            generators.append(generator)
-            return generator
-
-    pipe = Pipeline(
-        paths["base"], paths["upsample"], device="cpu", dtype=preset.dtype,
-        low_memory=preset.low_memory,
-    )  # fmt: skip
+    if preset.library:  # glidekit's preset decides dtype, memory use and sampling
+        pipe = Text2ImagePipeline(paths["base"], paths["upsample"], device="cpu",
+                                  preset=preset.library)  # fmt: skip
+        options: dict[str, Any] = {"steps": steps, "upsample_steps": up_steps} if args.tiny else {}
+    else:
+        pipe = Text2ImagePipeline(paths["base"], paths["upsample"], device="cpu",
+                                  dtype=preset.dtype, low_memory=preset.low_memory)  # fmt: skip
+        options = {"steps": steps, "sampler": preset.sampler, "upsample_steps": up_steps,
+                   "upsample_sampler": preset.upsample_sampler, "upsample_temp": UPSAMPLE_TEMP,
+                   "guidance_interval": preset.guidance_interval}  # fmt: skip
     start = time.perf_counter()
     # Load (and convert to bf16) before timing the cascade; low_memory: the upsampler loads
     # (timed) after the base has run and been released.
-    slots = [pipe.base_slot] if preset.low_memory else [pipe.base_slot, pipe.upsampler_slot]
+    slots = [pipe.base_slot] if pipe.low_memory else [pipe.base_slot, pipe.upsampler_slot]
     for slot in slots:
         slot.get(pipe.device, pipe.dtype)
     load_s = time.perf_counter() - start
@@ -268,15 +301,7 @@ def worker_run(args: argparse.Namespace) -> dict[str, Any]:
 
     start = time.perf_counter()
     result = pipe(
-        args.prompt,
-        seed=args.seed,
-        guidance_scale=GUIDANCE_SCALE,
-        steps=steps,
-        sampler=preset.sampler,
-        upsample_steps=up_steps,
-        upsample_sampler=preset.upsample_sampler,
-        upsample_temp=UPSAMPLE_TEMP,
-        callback=callback,
+        args.prompt, seed=args.seed, guidance_scale=GUIDANCE_SCALE, callback=callback, **options
     )
     end = time.perf_counter()
     cal_after = calibrate(3) if calibrate else None
@@ -304,16 +329,18 @@ def worker_run(args: argparse.Namespace) -> dict[str, Any]:
     np.save(files["final_npy"], final)
     result.low_res[0].save(files["base_png"])
     np.save(files["base_npy"], base_u8)
-    state = generators[-1].get_state().numpy().tobytes() if generators else b""
     seconds = end - start
+    params = result.params  # what the run actually used (a library preset's choices too)
     return {
         "preset": preset.name,
-        "dtype": preset.dtype,
-        "low_memory": preset.low_memory,
-        "steps": steps,
-        "sampler": preset.sampler,
-        "upsample_steps": up_steps,
-        "upsample_sampler": preset.upsample_sampler,
+        "dtype": params["dtype"],
+        "low_memory": pipe.low_memory,
+        "steps": params["steps"],
+        "sampler": params["sampler"],
+        "guidance_interval": params["guidance_interval"],
+        "upsample_steps": params["upsample_steps"],
+        "upsample_sampler": params["upsample_sampler"],
+        "stage_gflop": stage_gflop(params, args.tiny),
         "guidance_scale": GUIDANCE_SCALE,
         "upsample_temp": UPSAMPLE_TEMP,
         "prompt": args.prompt,
@@ -332,7 +359,6 @@ def worker_run(args: argparse.Namespace) -> dict[str, Any]:
         "ratio": seconds / cal_before if cal_before else None,
         "peak_rss_mb": peak_rss_mb(),
         "rss_after_load_mb": rss_after_load,
-        "rng_fingerprint": hashlib.sha1(state).hexdigest()[:16],
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "files": {k: str(v) for k, v in files.items()},
@@ -523,16 +549,6 @@ def main(argv: list[str] | None = None) -> None:
             if r is not ref:
                 r["vs_official"] = compare(r, ref)
         ref["saturated_fraction"] = saturation(ref)
-        bf16 = by_name.get("official-steps-bf16")
-        if bf16 is not None:
-            same = bf16["rng_fingerprint"] == ref["rng_fingerprint"]
-            bf16["same_noise_as_official"] = same
-            if not same:
-                notes.append(
-                    "WARNING: official and official-steps-bf16 drew different noise "
-                    "(generator fingerprints differ); the MAD is not a like-for-like "
-                    "comparison."
-                )
         notes.append(
             f"{ref['saturated_fraction']:.0%} of the official final image's values are at 0 or "
             "255 (synthetic weights saturate; a sign flip there costs up to 255)."
@@ -543,6 +559,19 @@ def main(argv: list[str] | None = None) -> None:
             "noise) a different upsampler start noise: its MAD is no faithfulness "
             "measure."
         )
+    for r in rows:
+        cal = r["calibrate_seconds"]
+        if PRESETS[r["preset"]].library and cal:
+            base_gf, up_gf = r["stage_gflop"]
+            shares = [REFERENCE_GOAL_RATIO * g / (base_gf + up_gf) for g in (base_gf, up_gf)]
+            got = [r["base_seconds"] / cal, r["upsampler_seconds"] / cal]
+            notes.append(
+                f"{r['preset']} per stage against its GFLOP share of the {REFERENCE_GOAL_RATIO:g}x "
+                f"goal: base {got[0]:.1f}x (share {shares[0]:.1f}x: {got[0] / shares[0]:.2f} "
+                f"times it), upsampler {got[1]:.1f}x (share {shares[1]:.1f}x: "
+                f"{got[1] / shares[1]:.2f} times it); guidance interval "
+                f"{r['guidance_interval']}"
+            )
     if any(r["calibrate_seconds"] is None for r in rows):
         notes.append("calibrate.py not found (../shared/bench or $GLIDEKIT_CALIBRATE): no ratios.")
     drift = [

@@ -112,6 +112,7 @@ from glidekit.pipelines import (
     PipelineResult,
     Text2ImagePipeline,
 )
+from glidekit.pipelines.presets import PRESETS, get_preset
 
 logger = logging.getLogger("shapes_suite")
 
@@ -349,7 +350,8 @@ def sampling_kwargs(
     """Pipeline options from the common flags; what they leave unset comes from ``defaults``
     (the model's own, as :func:`default_pipeline` resolved them), else GLIDE's."""
     names = cls.options_class.option_names()
-    chosen = cls.options_class.build({"seed": 0}, defaults or {})
+    preset = get_preset(getattr(args, "preset", None)).options_for(cls.options_class)
+    chosen = cls.options_class.build({"seed": 0}, defaults or {}, preset)
     given = {"steps": steps_value(args.steps), "sampler": args.sampler,
              "guidance_scale": args.guidance,
              "clip_guidance_scale": getattr(args, "clip_guidance", None)}  # fmt: skip
@@ -364,7 +366,7 @@ def default_pipeline(args: argparse.Namespace, role: str) -> tuple[Any, dict[str
     ("base_inpaint") runs ``args.model`` with, and the sampling defaults it would use: the
     model file's own (the embedded shapes models: CLIP guidance with the embedded CLIP), else
     GLIDE's. ``--classifier-free`` forces GLIDE's classifier-free guidance."""
-    opts = {"device": args.device, "dtype": args.dtype}
+    opts = {"device": args.device, "dtype": args.dtype, "preset": getattr(args, "preset", None)}
     up = getattr(args, "upsampler", None)
     cls = InpaintPipeline if role == "base_inpaint" else Text2ImagePipeline
     pipe = cls(args.model, up, **opts)
@@ -402,6 +404,8 @@ def recorded_settings(params: Mapping[str, Any]) -> dict[str, Any]:
         "upsample_steps",
         "upsample_sampler",
         "upsample_temp",
+        "guidance_interval",
+        "preset",
     )
     return {k: params[k] for k in keys if k in params}
 
@@ -1177,6 +1181,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (auto)")
     common.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16 (auto)")
+    common.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="a glidekit preset (official, fast): its dtype, memory use and sampling options "
+        "under the flags given (default: official)",
+    )
     common.add_argument("--threads", type=positive_int, help="torch threads (default: torch's)")
     common.add_argument("--json", type=Path, metavar="PATH", help="write the results here")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
