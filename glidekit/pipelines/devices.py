@@ -60,14 +60,19 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """Compute dtype of the UNets: "auto" is float16 on cuda/mps and float32 on cpu.
+def resolve_dtype(
+    dtype: str | torch.dtype | None, device: torch.device, auto: torch.dtype | None = None
+) -> torch.dtype:
+    """Compute dtype of the UNets: "auto" (or None) is ``auto`` if given (a preset's choice),
+    else float16 on cuda/mps and float32 on cpu.
 
     bfloat16 works everywhere (on the CPU it is the fast path: weights and activations in bf16,
     norms in float32, channels-last). float16 is for accelerators only: asked for on the CPU it
     logs a warning and computes in float32 (CPU half-precision convolutions are slow and inexact).
     """
     if dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto"):
+        if auto is not None:
+            return auto
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32
     if isinstance(dtype, torch.dtype):
         resolved = dtype

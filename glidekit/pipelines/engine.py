@@ -156,8 +156,7 @@ class GlidePipeline:
         self.preset = get_preset(preset)
         self.compile = compile
         self.device = resolve_device(device)
-        auto = dtype is None or (isinstance(dtype, str) and dtype.strip().lower() == "auto")
-        self.dtype = self.preset.dtype(self.device) if auto else resolve_dtype(dtype, self.device)
+        self.dtype = resolve_dtype(dtype, self.device, auto=self.preset.dtype(self.device))
         self.low_memory = self.preset.low_memory(self.device) if low_memory is None else low_memory
         if self.base_role is not None and base is None:
             raise OptionError(self.base_role, "a base model is required")
