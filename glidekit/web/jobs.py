@@ -323,8 +323,10 @@ class Jobs:
     def __init__(self, config: WebConfig) -> None:
         self.config = config
         self.limits = config.limits
+        # The models stay resident: a preset's one-model-at-a-time (the fast one on a CPU)
+        # would load them again for every request.
         opts = {"device": config.device, "dtype": config.dtype, "cache_dir": config.cache_dir,
-                "preset": config.preset}  # fmt: skip
+                "preset": config.preset, "low_memory": False}  # fmt: skip
         self.text2image = Text2ImagePipeline(
             _source(config.base, "base"), _source(config.upsampler, "upsampler"), **opts
         )

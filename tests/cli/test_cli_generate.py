@@ -457,3 +457,19 @@ def test_preset_fast_is_recorded_and_repeated(run, tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exit_info:  # argparse's choices: exit 2, one line
         run("generate", "a red circle", "--preset", "turbo")
     assert exit_info.value.code == 2
+
+
+def test_fast_preset_memory_use_per_command(bundles, tmp_path):
+    from glidekit.cli.generate import build_pipeline
+    from glidekit.cli.main import build_parser
+
+    def pipe(*argv: str):
+        args = build_parser().parse_args(["generate", *argv, "--base", str(bundles["base"]),
+                                          "--device", "cpu", "--preset", "fast"])  # fmt: skip
+        return build_pipeline(args)
+
+    assert pipe("a red circle").low_memory is True  # one run: one model at a time on a CPU
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\n")
+    assert pipe("--prompts-file", str(prompts)).low_memory is False  # bulk keeps both loaded
+    assert pipe("--prompts-file", str(prompts), "--low-memory").low_memory is True

@@ -216,6 +216,7 @@ def test_a_fast_server_shows_and_runs_the_presets_options(jobs, tmp_path):
                                  workdir=tmp_path)  # fmt: skip
     fast = Jobs(config)
     assert fast.text2image.preset.name == fast.inpainter.preset.name == "fast"
+    assert not fast.text2image.low_memory  # a server keeps its models loaded
     assert fast.default("generate", "steps") == "karras25"
     assert fast.default("generate", "sampler") == "dpm++2m"
     assert fast.default("inpaint", "guidance_interval") == (0.3, 1.0)
