@@ -181,11 +181,20 @@ class ModelSection:
         a bundle, the architecture defaults to that model's; keys given here override it.
     arch: the remaining keys, fields of :class:`~glidekit.nn.config.UNetConfig` (or
         :class:`~glidekit.clip.config.CLIPConfig` for ``kind: clip``).
+    init_text_attention_scale: GLIDE UNets with ``init``: multiply the text transformer's
+        attention queries and keys (weights and biases) by this factor in (0, 1] when the
+        weights are loaded, before the first step, which divides its attention logits by the
+        factor squared (:func:`glidekit.train.unet.soften_text_attention`). A trained text
+        transformer can have saturated, one-hot attention (the shapes base's pooled token reads
+        one word per head), whose softmax passes no gradient to words it ignores; softening it
+        lets them in again. 1 (the default) loads the weights as they are; a resumed run keeps
+        its checkpoint's weights.
     """
 
     kind: str = "text2im"
     init: str | None = None
     arch: dict[str, Any] = field(default_factory=dict)
+    init_text_attention_scale: float = 1.0
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> ModelSection:
@@ -195,6 +204,18 @@ class ModelSection:
         kind = _coerce("model.kind", d.pop("kind", "text2im"), str)
         _choice("model.kind", kind, MODEL_KINDS)
         init = _coerce("model.init", d.pop("init", None), str | None)
+        scale = _coerce(
+            "model.init_text_attention_scale", d.pop("init_text_attention_scale", 1.0), float
+        )
+        if not 0 < scale <= 1:
+            raise ValueError(
+                f"model.init_text_attention_scale must be in (0, 1] (1 = as loaded), got {scale}"
+            )
+        if scale != 1.0 and (kind == "clip" or not init):
+            raise ValueError(
+                "model.init_text_attention_scale softens a loaded GLIDE UNet's text attention; "
+                "it needs model.init and a UNet model.kind: remove it"
+            )
         if kind == "clip":
             known = [f.name for f in dataclasses.fields(CLIPConfig)]
         else:
@@ -203,10 +224,13 @@ class ModelSection:
         for key in ("channel_mult", "attention_resolutions"):
             if key in d:
                 d[key] = list(_coerce(f"model.{key}", d[key], list[int]))
-        return cls(kind=kind, init=init, arch=d)
+        return cls(kind=kind, init=init, arch=d, init_text_attention_scale=scale)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "init": self.init, **self.arch}
+        extra = {}
+        if self.init_text_attention_scale != 1.0:  # only when set: old configs read the same
+            extra["init_text_attention_scale"] = self.init_text_attention_scale
+        return {"kind": self.kind, "init": self.init, **extra, **self.arch}
 
     def unet_config(self, base: UNetConfig | None = None, **defaults: Any) -> UNetConfig:
         """The UNet config: ``base`` (or the kind's defaults), then ``defaults``, then arch keys."""
@@ -255,7 +279,11 @@ class DiffusionSection:
     visits rarely. ``mse_weight_max``: > 1 weights the eps MSE by clamp(1/SNR(t), 1, max), an x0
     loss at high noise where a plain eps loss barely rewards the right picture (1 = GLIDE).
     ``prediction``: eps (GLIDE) or v, the model's output (see
-    :class:`glidekit.diffusion.GaussianDiffusion`); saved with the exported model."""
+    :class:`glidekit.diffusion.GaussianDiffusion`); saved with the exported model.
+    ``pooled_bow_weight``: text-conditional UNets: > 0 adds this multiple of an auxiliary loss
+    that asks the pooled text token to name the caption's words through the tied token
+    embedding (:func:`glidekit.train.unet.pooled_bow_loss`; no new weights; 0 = GLIDE's loss
+    alone). It makes the text encoder carry words the UNet does not use yet."""
 
     steps: int = 1000
     noise_schedule: str = "auto"
@@ -263,6 +291,7 @@ class DiffusionSection:
     high_noise_start: int = 900
     mse_weight_max: float = 1.0
     prediction: str = "eps"
+    pooled_bow_weight: float = 0.0
 
     def validate(self) -> None:
         _check_fields(
@@ -271,6 +300,7 @@ class DiffusionSection:
             choices={"noise_schedule": SCHEDULES, "prediction": ("eps", "v")},
             positive=("steps",),
             fractions=("high_noise_fraction",),
+            non_negative=("pooled_bow_weight",),
         )
         if not float(self.mse_weight_max) >= 1.0:
             raise ValueError(
@@ -350,6 +380,13 @@ class OptimSection:
 
     grad_clip: max global gradient norm (0 = off). ema_decay: EMA of the weights (exported);
     with ``ema_warmup`` the decay is ``min(ema_decay, (1 + step) / (10 + step))``.
+    text_lr_mult: GLIDE UNets only: the text encoder's learning rate as a multiple of ``lr``
+    (its token, positional and padding embeddings, transformer, final LayerNorm and the
+    projection of the pooled token; :data:`glidekit.train.unet.TEXT_ENCODER_PARAMS`). 1 (the
+    default) keeps one parameter group, as before. The text encoder reaches the loss only
+    through the UNet, diluted by its attention over the whole context, so a word the UNet does
+    not use yet (the shapes world's position) gets little gradient; a larger multiple lets it
+    move faster. On ``--resume`` the checkpoint's group learning rates are restored.
     """
 
     lr: float = 1.0e-4
@@ -362,13 +399,14 @@ class OptimSection:
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     ema_warmup: bool = True
+    text_lr_mult: float = 1.0
 
     def validate(self) -> None:
         _check_fields(
             "optim",
             self,
             choices={"schedule": ("constant", "cosine")},
-            positive=("lr", "eps"),
+            positive=("lr", "eps", "text_lr_mult"),
             non_negative=("weight_decay", "warmup_steps", "grad_clip"),
             fractions=("min_lr_ratio",),
         )
@@ -533,6 +571,16 @@ class TrainConfig:
             raise ValueError(
                 "data.position_twins is for CLIP models (model.kind clip) on the shapes world "
                 f"(data.kind shapes); this is {self.model.kind} on {self.data.kind}: remove it"
+            )
+        if self.model.kind == "clip" and self.diffusion.pooled_bow_weight:
+            raise ValueError(
+                "diffusion.pooled_bow_weight is for the GLIDE UNets' text encoder; remove it "
+                "for model.kind: clip"
+            )
+        if self.model.kind == "clip" and self.optim.text_lr_mult != 1.0:
+            raise ValueError(
+                "optim.text_lr_mult is for the GLIDE UNets' text encoder; remove it for "
+                "model.kind: clip"
             )
         if self.model.kind == "clip" and self.export.sampling is not None:
             raise ValueError(

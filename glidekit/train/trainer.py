@@ -55,7 +55,7 @@ from glidekit.train.data import make_dataset, make_stream
 from glidekit.train.errors import NonFiniteLossError, RunFolderBusyError
 from glidekit.train.report import MetricsLog, plot_loss_curve
 from glidekit.train.task import Info, StepContext, TrainTask, load_exactly
-from glidekit.train.unet import UNetTask
+from glidekit.train.unet import UNetTask, is_text_encoder_param
 
 logger = logging.getLogger(__name__)
 
@@ -267,8 +267,19 @@ class Trainer:
 
     def _build_optimizer(self) -> None:
         o = self.config.optim
+        params: Any = self.model.parameters()
+        if o.text_lr_mult != 1.0:  # two groups only when asked: the default state is unchanged
+            named = list(self.model.named_parameters())
+            text = [p for n, p in named if is_text_encoder_param(n)]
+            if not text:
+                raise ValueError(
+                    "optim.text_lr_mult: this model has no text encoder (model.xf_width: 0); "
+                    "remove the key"
+                )
+            rest = [p for n, p in named if not is_text_encoder_param(n)]
+            params = [{"params": rest}, {"params": text, "lr": o.lr * o.text_lr_mult}]
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
+            params,
             lr=o.lr,
             betas=(o.betas[0], o.betas[1]),
             eps=o.eps,
