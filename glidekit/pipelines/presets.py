@@ -16,6 +16,12 @@ shapes models' caption agreement (benchmarks/RESULTS.md, "The fast preset"):
 * on the CPU, one model resident at a time (peak memory the larger model, not both, for about a
   second of loading per call); GPUs keep both.
 
+Its sampling options are made for classifier-free guidance, where they were measured: a
+CLIP-guided run (the embedded shapes models' default) keeps the model file's own steps and
+sampler and takes only the dtype and memory use. CLIP guidance corrects the picture a little at
+every step and needs its many steps: with the fast options it fell from 0.875 to 0.55 of the
+embedded models' captions met in full (RESULTS.md, "The fast preset").
+
 The preset's name is recorded in every result's params (and so in every PNG), with the
 options it chose, so ``glidekit generate --from`` repeats the run.
 """
@@ -38,7 +44,8 @@ from glidekit.pipelines.options import RunOptions, UpsampleOptions
 class Preset:
     """One named preset.
 
-    ``options``: run options under the ones given (each options class takes those it has).
+    ``options``: run options under the ones given (each options class takes those it has),
+    for runs with classifier-free guidance (a ``"guidance"`` key would name another).
     ``fast_dtype``: the device's fast dtype (:func:`fast_dtype`) instead of the pipeline's
     "auto" (fp32 on the CPU, fp16 on GPUs). ``low_memory_on_cpu``: one model at a time on the
     CPU.

@@ -87,9 +87,17 @@ def test_fast_options_sit_between_given_and_model_defaults(bundles):
     assert given.steps == "ddim7" and given.sampler == "dpm++2m"
     assert given.guidance_interval is None  # given explicitly: every step guided
     # The preset wins over a model file's own defaults; what it does not set, the model keeps.
-    model = {"guidance": "clip", "guidance_scale": 20.0, "steps": "250"}
-    built = Text2ImageOptions.build({}, model, PRESETS["fast"].options_for(Text2ImageOptions))
-    assert (built.guidance, built.guidance_scale, built.steps) == ("clip", 20.0, "karras25")
+    fast = PRESETS["fast"].options_for(Text2ImageOptions)
+    model = {"guidance_scale": 4.0, "steps": "250", "upsample_temp": 0.9}
+    built = Text2ImageOptions.build({}, model, fast)
+    assert (built.guidance_scale, built.steps, built.upsample_temp) == (4.0, "karras25", 0.9)
+    # Its options are made for classifier-free guidance: a CLIP-guided run keeps the model's.
+    clip_model = {"guidance": "clip", "guidance_scale": 20.0, "steps": "250"}
+    built = Text2ImageOptions.build({}, clip_model, fast)
+    assert (built.guidance, built.steps, built.sampler) == ("clip", "250", "ancestral")
+    assert built.guidance_interval is None
+    built = Text2ImageOptions.build({"guidance": "classifier-free"}, clip_model, fast)
+    assert (built.steps, built.guidance_scale) == ("karras25", 3.0)  # neither set is the model's
 
 
 def test_each_pipeline_takes_the_fast_options_it_has(bundles):
