@@ -16,7 +16,8 @@ from glidekit.checkpoints import CHECKPOINTS
 from glidekit.checkpoints import cache_dir as resolve_cache
 from glidekit.checkpoints.download import preferred_files
 from glidekit.models import VOCABULARY_NOTE
-from glidekit.pipelines import available_samplers, resolve_device
+from glidekit.pipelines import PRESETS, available_samplers, resolve_device
+from glidekit.pipelines.devices import dtype_name
 from glidekit.pipelines.sources import default_source
 
 
@@ -54,6 +55,11 @@ def collect(cache_dir: str | None = None) -> dict[str, Any]:
         "cuda": torch.cuda.is_available(),
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "samplers": available_samplers(),
+        # What --preset fast chooses here (its dtype depends on this device's bf16 support).
+        "presets": {
+            name: f"{preset.description}; dtype here: {dtype_name(preset.dtype(device))}"
+            for name, preset in PRESETS.items()
+        },  # fmt: skip
         "embedded_models": VOCABULARY_NOTE,
         "versions": {
             "glidekit": glidekit.__version__,
@@ -79,6 +85,9 @@ def _info(args: argparse.Namespace) -> int:
     gpus = ", ".join(data["cuda_devices"])
     print(f"device: {data['device']}" + (f" ({gpus})" if gpus else ""))
     print(f"samplers: {', '.join(data['samplers'])}")
+    print("presets (--preset):")
+    for name, text in data["presets"].items():
+        print(f"  {name:9s} {text}")
     print(f"embedded models: {data['embedded_models']}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()))
     return 0

@@ -27,6 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from glidekit.checkpoints import CHECKPOINTS
 from glidekit.errors import OptionError
 from glidekit.pipelines import InpaintPipeline, Text2ImagePipeline, save_png
+from glidekit.pipelines.devices import dtype_name
 from glidekit.pipelines.images import keep_tensors, load_replace_mask, load_source, resize
 from glidekit.pipelines.options import step_count
 from glidekit.pipelines.sources import EMBEDDED_PREFIX, default_source
@@ -401,7 +402,8 @@ class Jobs:
             )
         lim = self.limits
         lines.append(
-            f"\nDevice: `{self.text2image.device}`. Limits per request: {lim.max_images} images, "
+            f"\nDevice: `{self.text2image.device}` ({dtype_name(self.text2image.dtype)}, preset "
+            f"`{self.config.preset}`). Limits per request: {lim.max_images} images, "
             f"{lim.max_steps} steps, {lim.max_prompt_chars} prompt characters, uploads up to "
             f"{lim.max_upload_bytes // (1024 * 1024)} MB and "
             f"{lim.max_pixels / 1e6:.1f} megapixels."

@@ -174,10 +174,13 @@ def test_info(run, tmp_path):
     assert set(data["models"]) >= {"base", "upsample", "base-inpaint", "clip/text-enc"}
     assert not data["models"]["base"]["cached"]
     assert data["device"] in ("cpu", "cuda", "mps") and "torch" in data["versions"]
+    assert set(data["presets"]) == {"official", "fast"}
+    if data["device"] == "cpu":  # GLIDE's own dtype on a CPU
+        assert data["presets"]["official"].endswith("dtype here: fp32")
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "base.pt").write_bytes(b"x")
     code, out, _ = run("info", "--cache-dir", str(tmp_path / "cache"))
-    assert "base.pt" in out and "device:" in out
+    assert "base.pt" in out and "device:" in out and "presets (--preset):" in out
 
 
 @pytest.fixture()

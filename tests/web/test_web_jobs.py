@@ -221,5 +221,6 @@ def test_a_fast_server_shows_and_runs_the_presets_options(jobs, tmp_path):
     assert fast.default("generate", "sampler") == "dpm++2m"
     assert fast.default("inpaint", "guidance_interval") == (0.3, 1.0)
     assert fast.upsample_steps == "10"
+    assert "preset `fast`" in fast.describe()
     _, opts = fast.options("generate", "a red circle", steps="karras4")
     assert (opts.steps, opts.sampler, opts.upsample_steps) == ("karras4", "dpm++2m", "10")
