@@ -31,6 +31,13 @@ class UNetConfig:
     from the convolutions' zero padding; it is meant for teaching small models where the caption
     puts things ("in the top left"), which the shapes-world base has not learnt without it
     (nor, in short trials, with it yet: see benchmarks/RESULTS.md).
+
+    ``text_spatial_maps`` (experimental, 0 = off, as in every released model): the pooled text
+    adds a picture of *where* to the features entering the middle block, as coefficients of that
+    many fixed low-frequency 2D cosine maps per channel (:class:`~glidekit.nn.unet.
+    TextSpatialBias`, zero-initialised, so a model starts as without it). GLIDE's pooled text
+    reaches the UNet only as a per-channel scale and shift, which cannot say "top left" unless
+    the UNet has learnt a channel for each place; this route can from its first step.
     """
 
     kind: ClassVar[str] = "text2im"
@@ -57,6 +64,7 @@ class UNetConfig:
     resblock_updown: bool = True
     learn_sigma: bool = True
     attention_pos_emb: bool = False
+    text_spatial_maps: int = 0
 
     def __post_init__(self) -> None:
         mult = tuple(int(m) for m in self.channel_mult)

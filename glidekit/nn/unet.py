@@ -13,6 +13,7 @@ inputs are concatenated to x:
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -106,6 +107,38 @@ class ResBlock(nn.Module):
         else:
             h = self.out_layers(h + emb_out)
         return self.skip_connection(x) + h
+
+
+def cosine_maps(count: int, side: int) -> torch.Tensor:
+    """(count, side, side) the lowest-frequency 2D DCT-II basis maps of a side x side grid
+    (frequencies (u, v) with u, v < ceil(sqrt(count)), lowest u + v first), values in [-1, 1]."""
+    k = math.ceil(math.sqrt(count))
+    pos = (torch.arange(side, dtype=torch.float64) + 0.5) * math.pi / side
+    pairs = sorted(((u, v) for u in range(k) for v in range(k)), key=lambda uv: (sum(uv), uv))
+    maps = [torch.outer((pos * u).cos(), (pos * v).cos()) for u, v in pairs[:count]]
+    return torch.stack(maps).float()
+
+
+class TextSpatialBias(nn.Module):
+    """A picture of where, chosen by the pooled text (``UNetConfig.text_spatial_maps``).
+
+    ``forward(xf_proj)``: xf_proj (B, emb_channels) -> (B, channels, side, side), per channel a
+    combination of ``maps`` fixed cosine maps (:func:`cosine_maps`) with coefficients linear in
+    the pooled text; the linear map starts at zero (the model starts as without it).
+    """
+
+    def __init__(self, emb_channels: int, channels: int, maps: int, side: int) -> None:
+        super().__init__()
+        self.channels, self.maps, self.side = channels, maps, side
+        self.proj = nn.Linear(emb_channels, channels * maps)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, xf_proj: torch.Tensor) -> torch.Tensor:
+        coeffs = self.proj(xf_proj.float()).view(-1, self.channels, self.maps)
+        # Fixed maps, made here (a few hundred numbers): nothing to save, load or keep.
+        basis = cosine_maps(self.maps, self.side).flatten(1).to(coeffs.device)
+        return (coeffs @ basis).view(-1, self.channels, self.side, self.side)
 
 
 class AttentionBlock(nn.Module):
@@ -263,6 +296,11 @@ class GlideUNet(nn.Module):
                 ds *= 2
 
         self.middle_block = TimestepSequential(res(ch, ch), attn(ch), res(ch, ch))
+        self.text_spatial = (
+            TextSpatialBias(emb_ch, ch, config.text_spatial_maps, config.image_size // ds)
+            if config.text_spatial_maps
+            else None
+        )
 
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(config.channel_mult))):
@@ -375,10 +413,10 @@ class GlideUNet(nn.Module):
         cfg = self.config
         if x.ndim != 4 or x.shape[1] != 3 or x.shape[2] != x.shape[3]:
             raise ValueError(f"x must have shape (B, 3, S, S), got {tuple(x.shape)}")
-        if cfg.attention_pos_emb and x.shape[2] != cfg.image_size:
+        if (cfg.attention_pos_emb or cfg.text_spatial_maps) and x.shape[2] != cfg.image_size:
             raise ValueError(
-                f"x must be {cfg.image_size}x{cfg.image_size} for this model (its attention "
-                f"position embeddings are per pixel), got {tuple(x.shape)}"
+                f"x must be {cfg.image_size}x{cfg.image_size} for this model (its position "
+                f"embeddings or text maps are per pixel), got {tuple(x.shape)}"
             )
         if x.shape[2] % (2 ** (len(cfg.channel_mult) - 1)):
             raise ValueError(
@@ -404,6 +442,8 @@ class GlideUNet(nn.Module):
         for block in self.input_blocks:
             h = block(h, emb, text)
             skips.append(h)
+        if self.text_spatial is not None:
+            h = h + self.text_spatial(text.xf_proj).to(h.dtype)
         h = self.middle_block(h, emb, text)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, text)

@@ -187,8 +187,8 @@ def resolve_init(config: TrainConfig) -> InitSource:
 
 def load_init_weights(model: GlideUNet, source: InitSource, init: str) -> None:
     """Start ``model`` from ``model.init`` (``init``). A model that turns on
-    ``attention_pos_emb`` for the fine-tune keeps its new embeddings' initial sine-cosine
-    table; every other weight comes from the file."""
+    ``attention_pos_emb`` or ``text_spatial_maps`` for the fine-tune keeps those new weights'
+    initial values (the sine-cosine table; zero); every other weight comes from the file."""
     if source.state is None:
         try:
             load_into(model, init if source.released else Path(init))
@@ -197,9 +197,11 @@ def load_init_weights(model: GlideUNet, source: InitSource, init: str) -> None:
         return
     state = dict(source.state)
     base = source.base
+    fresh = model.state_dict()
     if base is not None and model.config.attention_pos_emb and not base.attention_pos_emb:
-        fresh = model.state_dict()
         state.update({k: v.clone() for k, v in fresh.items() if k.endswith(".pos_emb")})
+    if base is not None and model.config.text_spatial_maps and not base.text_spatial_maps:
+        state.update({k: v.clone() for k, v in fresh.items() if k.startswith("text_spatial.")})
     why = (
         f"model.init: {init!r} does not fit the configured architecture; drop the model.* "
         "keys that change it"

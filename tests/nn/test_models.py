@@ -231,3 +231,38 @@ def test_attention_position_embedding_option():
                 torch.randn(1, 3, 32, 32), ts[:1], tokens=kw["tokens"][:1], mask=kw["mask"][:1]
             )
         plain(torch.randn(1, 3, 32, 32), ts[:1], tokens=kw["tokens"][:1], mask=kw["mask"][:1])
+
+
+def test_text_spatial_maps_start_at_zero_and_place_by_text():
+    from glidekit.nn import Text2ImConfig, config_from_dict
+    from glidekit.nn.unet import cosine_maps
+
+    maps = cosine_maps(4, 8)
+    assert maps.shape == (4, 8, 8) and torch.allclose(maps[0], torch.ones(8, 8))
+    assert torch.allclose(maps[1], -maps[1].flip(1), atol=1e-6)  # one half-wave across a side
+    gram = maps.flatten(1) @ maps.flatten(1).t()
+    assert torch.allclose(gram, torch.diag(torch.diag(gram)), atol=1e-4)  # orthogonal maps
+    assert not any(c.text_spatial_maps for c in RELEASED_CONFIGS.values())
+    small = {"image_size": 16, "num_channels": 32, "num_res_blocks": 1, "channel_mult": (1, 2),
+             "attention_resolutions": (8,), "num_head_channels": 32, "xf_width": 32,
+             "xf_layers": 1, "xf_heads": 1, "text_ctx": 8, "n_vocab": 40}  # fmt: skip
+    plain = create_model(Text2ImConfig(**small)).eval()
+    spatial = create_model(Text2ImConfig(**small, text_spatial_maps=4)).eval()
+    assert config_from_dict(spatial.config.to_dict()) == spatial.config
+    added = set(spatial.state_dict()) - set(plain.state_dict())
+    assert added == {"text_spatial.proj.weight", "text_spatial.proj.bias"}  # the maps: fixed
+    g = torch.Generator().manual_seed(0)
+    state = {k: 0.1 * torch.randn(v.shape, generator=g) for k, v in plain.state_dict().items()}
+    plain.load_state_dict(state)
+    spatial.load_state_dict(state, strict=False)  # the route stays at its zero start
+    x = torch.randn(2, 3, 16, 16, generator=g)
+    kw = {"tokens": torch.randint(0, 40, (2, 8), generator=g), "mask": torch.ones(2, 8).bool()}
+    ts = torch.tensor([999, 999])
+    with torch.no_grad():
+        assert torch.equal(spatial(x, ts, **kw), plain(x, ts, **kw))
+        spatial.text_spatial.proj.weight.normal_(0, 0.5, generator=g)
+        text = spatial.encode_text(**kw)
+        bias = spatial.text_spatial(text.xf_proj)
+        assert bias.shape == (2, 64, 8, 8)  # the middle block's channels and side
+        assert not torch.allclose(bias[0], bias[1])  # each caption its own picture of where
+        assert not torch.allclose(spatial(x, ts, **kw), plain(x, ts, **kw), atol=1e-4)

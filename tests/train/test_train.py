@@ -567,6 +567,22 @@ def test_fine_tune_turns_on_attention_position_embeddings(tmp_path: Path) -> Non
     assert any(k.endswith("pos_emb") for k in tuned.state_dict())
 
 
+def test_fine_tune_turns_on_text_spatial_maps(tmp_path: Path) -> None:
+    first = train(load_config(tiny_config(tmp_path / "a", train={"steps": 2})))
+    base, _, _ = load_model(first.export)
+    cfg = tiny_config(tmp_path / "b", train={"steps": 2})
+    cfg["model"] = {"kind": "text2im", "init": str(first.export), "text_spatial_maps": 4}
+    trainer = Trainer(load_config(cfg))
+    trainer.close()
+    state = trainer.model.state_dict()
+    for key, value in base.state_dict().items():
+        assert torch.equal(state[key], value.float()), key
+    assert torch.count_nonzero(state["text_spatial.proj.weight"]) == 0  # starts as without it
+    tuned, _, _ = load_model(train(load_config(cfg)).export)
+    assert tuned.config.text_spatial_maps == 4
+    assert torch.count_nonzero(tuned.state_dict()["text_spatial.proj.weight"]) > 0  # it learnt
+
+
 def test_clip_position_twins_are_hard_negatives(tmp_path: Path) -> None:
     from glidekit.data import ShapesDataset
     from glidekit.data.shapes import check, parse_caption
