@@ -247,15 +247,17 @@ def stage_gflop(params: dict[str, Any], tiny: bool) -> tuple[float, float]:
     base steps at batch 2, unguided ones (outside the guidance interval) at batch 1."""
     from glidekit.diffusion import DiffusionConfig, create_diffusion
 
-    base_config = model_configs(tiny)["base"]
-    diffusion = create_diffusion(DiffusionConfig.for_model(base_config), params["steps"])
+    configs = model_configs(tiny)
+
+    def timesteps(name: str, steps: str) -> list[int]:
+        config = DiffusionConfig.for_model(configs[name])
+        return [int(t) for t in create_diffusion(config, steps).timestep_map]
+
     lo, hi = params.get("guidance_interval") or (0.0, 1.0)
-    ts = [int(t) for t in diffusion.timestep_map]
-    guided = sum(lo <= t / 1000 <= hi for t in ts)
+    ts = timesteps("base", params["steps"])
+    guided = sum(lo <= t / 1000 <= hi for t in ts)  # as ClassifierFreeGuidance.guided decides
     base = guided * BASE_GFLOP_BATCH2 + (len(ts) - guided) * BASE_GFLOP_BATCH2 / 2
-    up_steps = len(create_diffusion(DiffusionConfig.for_model(model_configs(tiny)["upsample"]),
-                                    params["upsample_steps"]).timestep_map)  # fmt: skip
-    return base, up_steps * UPSAMPLE_GFLOP
+    return base, len(timesteps("upsample", params["upsample_steps"])) * UPSAMPLE_GFLOP
 
 
 def worker_run(args: argparse.Namespace) -> dict[str, Any]:

@@ -205,10 +205,11 @@ def given_options(args: argparse.Namespace) -> dict[str, Any]:
 def build_pipeline(args: argparse.Namespace, **extra: Any) -> GlidePipeline:
     """The command's pipeline on the models named (or the package defaults); nothing loads."""
     cls = args.pipeline
-    # --low-memory, else the preset's choice; a bulk job calls the pipeline once a batch, and
-    # one model at a time would load both again for each: it keeps them unless asked.
-    low_memory = True if args.low_memory else (False if getattr(args, "prompts_file", None)
-                                               else None)  # fmt: skip
+    low_memory = True if args.low_memory else None  # None: the preset's choice
+    if not args.low_memory and getattr(args, "prompts_file", None):
+        # A bulk job calls the pipeline once a batch; one model at a time would load both
+        # again for each, so it keeps them unless asked.
+        low_memory = False
     opts = {"device": args.device, "dtype": args.dtype, "cache_dir": args.cache_dir,
             "low_memory": low_memory,
             "compile": args.compile, "preset": args.preset, **extra}  # fmt: skip

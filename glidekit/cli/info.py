@@ -59,7 +59,7 @@ def collect(cache_dir: str | None = None) -> dict[str, Any]:
         "presets": {
             name: f"{preset.description}; dtype here: {dtype_name(preset.dtype(device))}"
             for name, preset in PRESETS.items()
-        },  # fmt: skip
+        },
         "embedded_models": VOCABULARY_NOTE,
         "versions": {
             "glidekit": glidekit.__version__,

@@ -12,6 +12,7 @@ inputs are concatenated to x:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -109,9 +110,12 @@ class ResBlock(nn.Module):
         return self.skip_connection(x) + h
 
 
+@functools.lru_cache(maxsize=8)
 def cosine_maps(count: int, side: int) -> torch.Tensor:
     """(count, side, side) the lowest-frequency 2D DCT-II basis maps of a side x side grid
-    (frequencies (u, v) with u, v < ceil(sqrt(count)), lowest u + v first), values in [-1, 1]."""
+    (frequencies (u, v) with u, v < ceil(sqrt(count)), lowest u + v first), values in [-1, 1].
+    Made once per (count, side), on the CPU (every forward of a model with the maps reads them;
+    callers must not write to the tensor)."""
     k = math.ceil(math.sqrt(count))
     pos = (torch.arange(side, dtype=torch.float64) + 0.5) * math.pi / side
     pairs = sorted(((u, v) for u in range(k) for v in range(k)), key=lambda uv: (sum(uv), uv))
@@ -136,7 +140,7 @@ class TextSpatialBias(nn.Module):
 
     def forward(self, xf_proj: torch.Tensor) -> torch.Tensor:
         coeffs = self.proj(xf_proj.float()).view(-1, self.channels, self.maps)
-        # Fixed maps, made here (a few hundred numbers): nothing to save, load or keep.
+        # Fixed maps (cached, a few hundred numbers): nothing to save, load or keep in the model.
         basis = cosine_maps(self.maps, self.side).flatten(1).to(coeffs.device)
         return (coeffs @ basis).view(-1, self.channels, self.side, self.side)
 

@@ -150,9 +150,10 @@ class GlidePipeline:
         compile: bool = False,
         preset: str | Preset | None = None,
     ) -> None:
-        for name, flag in (("low_memory", low_memory), ("compile", compile)):
-            if not isinstance(flag, bool) and not (name == "low_memory" and flag is None):
-                raise OptionTypeError(name, f"expected True or False, got {flag!r}")
+        if not isinstance(compile, bool):
+            raise OptionTypeError("compile", f"expected True or False, got {compile!r}")
+        if low_memory is not None and not isinstance(low_memory, bool):
+            raise OptionTypeError("low_memory", f"expected True, False or None, got {low_memory!r}")
         self.preset = get_preset(preset)
         self.compile = compile
         self.device = resolve_device(device)

@@ -246,10 +246,10 @@ class RunOptions:
     ) -> Opts:
         """Options from ``given`` (keyword arguments, flags or fields: these win), then
         ``preset`` (a named preset's, :mod:`glidekit.pipelines.presets`), then ``model`` (the
-        model file's own defaults), then the class defaults. The model's defaults and the
-        preset's are each a set made for one guidance (their ``"guidance"``, classifier-free if
-        absent): a run with another guidance ignores that set. An unknown key in ``given`` is
-        an error naming it."""
+        model file's own defaults), then the class defaults. The model's defaults are a set made
+        for one guidance (``model["guidance"]``, classifier-free if absent), the preset's for
+        classifier-free guidance: a run with another guidance ignores that set. An unknown key
+        in ``given`` is an error naming it."""
         given = dict(given)
         names = cls.option_names()
         for key in given:
@@ -261,9 +261,8 @@ class RunOptions:
         own = model.get("guidance", "classifier-free")
         wanted = cls.fixed_guidance or given.get("guidance", own)
         merged = {k: v for k, v in model.items() if k in names} if wanted == own else {}
-        preset = dict(preset)
-        if wanted == preset.pop("guidance", "classifier-free"):
-            merged.update({k: v for k, v in preset.items() if k in names})
+        if wanted == "classifier-free":
+            merged.update({k: v for k, v in dict(preset).items() if k in names})
         merged.update(given)
         return cls(**merged)
 

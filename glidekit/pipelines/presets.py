@@ -45,7 +45,7 @@ class Preset:
     """One named preset.
 
     ``options``: run options under the ones given (each options class takes those it has),
-    for runs with classifier-free guidance (a ``"guidance"`` key would name another).
+    for runs with classifier-free guidance.
     ``fast_dtype``: the device's fast dtype (:func:`fast_dtype`) instead of the pipeline's
     "auto" (fp32 on the CPU, fp16 on GPUs). ``low_memory_on_cpu``: one model at a time on the
     CPU.
