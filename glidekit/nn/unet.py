@@ -245,7 +245,11 @@ class GlideUNet(nn.Module):
         emb_ch = 4 * c
 
         # Text transformer (top-level names match the released keys).
-        self.token_embedding = nn.Embedding(config.n_vocab, config.xf_width)
+        # Left uninitialised here (init_weights draws it): nn.Embedding's own normal_ would, on
+        # the "meta" device that loading builds on, cost a second of lazy setup per process.
+        self.token_embedding = nn.Embedding(
+            config.n_vocab, config.xf_width, _weight=torch.empty(config.n_vocab, config.xf_width)
+        )
         self.positional_embedding = nn.Parameter(torch.empty(config.text_ctx, config.xf_width))
         self.transformer = Transformer(config.xf_width, config.xf_layers, config.xf_heads)
         self.final_ln = LayerNorm32(config.xf_width) if config.xf_final_ln else None
