@@ -15,9 +15,9 @@
 Every section prints a Markdown table on stdout (progress goes to the log on stderr) and, with
 ``--json PATH``, writes the numbers with the command line, versions, CPU, seeds and sampling
 settings. ``agreement`` and ``inpaint`` sample as ``glidekit generate`` / ``glidekit inpaint``
-do by default: for the embedded shapes models, their ``glidekit.models.EMBEDDED_SAMPLING``
-(CLIP guidance with the embedded CLIP); for other models (or with ``--classifier-free``) the
-pipelines' own defaults (100 ancestral steps; classifier-free guidance 3.0, inpainting 5.0);
+do by default: for a model file that carries sampling defaults (the embedded shapes models:
+classifier-free guidance with DPM-Solver++ since issue 17), those; for other models (or with
+``--classifier-free``) the pipelines' own defaults (100 ancestral steps; classifier-free guidance 3.0, inpainting 5.0);
 options given win. The other sections use the pipelines' defaults. ``--model`` defaults to
 the embedded ``glidekit/models/shapes-base.safetensors`` (inpainting:
 ``shapes-base-inpaint.safetensors``). All runs are seeded: the same command gives the same
@@ -364,7 +364,7 @@ def sampling_kwargs(
 def default_pipeline(args: argparse.Namespace, role: str) -> tuple[Any, dict[str, Any]]:
     """The pipeline ``glidekit generate`` (role "base") or ``glidekit inpaint``
     ("base_inpaint") runs ``args.model`` with, and the sampling defaults it would use: the
-    model file's own (the embedded shapes models: CLIP guidance with the embedded CLIP), else
+    model file's own (the embedded shapes models: classifier-free guidance, DPM-Solver++), else
     GLIDE's. ``--classifier-free`` forces GLIDE's classifier-free guidance."""
     opts = {"device": args.device, "dtype": args.dtype, "preset": getattr(args, "preset", None)}
     up = getattr(args, "upsampler", None)
@@ -1169,8 +1169,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--classifier-free",
         action="store_true",
         help="agreement, inpaint: GLIDE's classifier-free guidance even for the embedded "
-        "models (default: how glidekit generate / inpaint run the model: CLIP guidance with "
-        "the embedded CLIP for the embedded shapes models)",
+        "models, ignoring a model file's own sampling defaults (default: how glidekit "
+        "generate / inpaint run the model: with the file's defaults)",
     )
     common.add_argument("--seed", type=int, default=0, help="captions, cases and sampling (0)")
     common.add_argument(

@@ -48,7 +48,7 @@ def test_the_first_python_example_draws_what_it_says(offline):
     result = namespace["result"]
     assert len(result.images) == 4 and (offline / "circle.png").is_file()
     assert result.images[0].size == (128, 128) and result.low_res[0].size == (32, 32)
-    assert result.params["guidance"] == "clip" and result.params["steps"] == "250"
+    assert result.params["guidance"] == "classifier-free" and result.params["steps"] == "karras25"
     # "4 red circles, top left": every stated attribute, in (nearly) every picture
     assert agreement(result.images, PROMPT) >= 0.75
     assert agreement(result.low_res, PROMPT) >= 0.75
@@ -107,7 +107,7 @@ def test_the_gradio_client_example_against_a_served_app(offline):
     # generate: 2 PNGs of the prompt, made with the embedded models' own defaults
     prompt = re.search(r'prompt="([^"]+)",\n    num_images=2', generate).group(1)
     assert len(made) == 2 and made[0].size == (128, 128)
-    assert made_params["guidance"] == "clip" and made_params["steps"] == "250"
+    assert made_params["guidance"] == "classifier-free" and made_params["steps"] == "karras25"
     assert agreement(made, prompt) >= 0.5
     # inpaint: the source and mask shown, one PNG that kept the known region
     assert namespace["source"] and namespace["mask"] and len(namespace["files"]) == 1

@@ -162,8 +162,8 @@ def register(subparsers: Any) -> None:
         "--guidance",
         choices=GUIDANCES,
         default="auto",
-        help="auto (default): the base model file's own (CLIP for the embedded "
-        "shapes models), else classifier-free (GLIDE's)",
+        help="auto (default): the base model file's own, else classifier-free (GLIDE's; "
+        "also the embedded shapes models')",
     )
     gen.add_argument("--clip", action="store_true", help="the same as --guidance clip")
     for tower in ("image", "text"):

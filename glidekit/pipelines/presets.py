@@ -17,7 +17,7 @@ shapes models' caption agreement (benchmarks/RESULTS.md, "The fast preset"):
   second of loading per call); GPUs keep both.
 
 Its sampling options are made for classifier-free guidance, where they were measured: a
-CLIP-guided run (the embedded shapes models' default) keeps the model file's own steps and
+CLIP-guided run (the embedded shapes models' default before issue 17) keeps the model file's own steps and
 sampler and takes only the dtype and memory use. CLIP guidance corrects the picture a little at
 every step and needs its many steps: with the fast options it fell from 0.875 to 0.55 of the
 embedded models' captions met in full (RESULTS.md, "The fast preset").

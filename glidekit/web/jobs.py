@@ -395,10 +395,13 @@ class Jobs:
             lines.append(f"- {role}: `{shown}` ({kind})" if label else f"- {role}: none")
         if self.default("generate", "guidance") == "clip":
             lines.append(
-                "\nThe embedded shapes models are guided by their CLIP (Generate: the guidance "
-                "scale is the CLIP's; Inpaint: the CLIP is added to classifier-free guidance). "
-                "They know only the shapes world's words: one circle, square or triangle, small "
-                "or large, its colour, place and background."
+                "\nThe base is guided by a CLIP (its model file's default): the guidance scale "
+                "is the CLIP's."
+            )
+        if any(kind == "embedded demo model" for _, kind in self.models().values()):
+            lines.append(
+                "\nThe embedded shapes models know only the shapes world's words: one circle, "
+                "square or triangle, small or large, its colour, place and background."
             )
         lim = self.limits
         lines.append(

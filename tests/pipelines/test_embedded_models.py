@@ -96,10 +96,11 @@ def test_sampling_defaults_belong_to_the_embedded_files(tmp_path):
     them); released names and files without them keep GLIDE's defaults."""
     base = embedded.embedded_path("base")
     defaults = model_defaults(base)
-    assert defaults["guidance"] == "clip" and defaults == BASE_DEFAULTS
-    assert defaults["steps"] >= 100 and defaults["guidance_scale"] > 0
+    # GLIDE's own method (classifier-free guidance) with a fast sampler (issue 17)
+    assert defaults["guidance"] == "classifier-free" and defaults == BASE_DEFAULTS
+    assert defaults["sampler"] == "dpm++2m" and defaults["guidance_scale"] > 1
     defaults = model_defaults(str(embedded.embedded_path("base_inpaint")))
-    assert defaults["clip_guidance_scale"] > 0
+    assert "clip_guidance_scale" not in defaults and defaults["guidance_scale"] > 1
     defaults["steps"] = 1  # a copy: the file's defaults are not changed
     assert model_defaults(embedded.embedded_path("base_inpaint"))["steps"] != 1
     copy = tmp_path / base.name
@@ -120,9 +121,9 @@ def _cli_json(capsys, *argv):
 
 
 def test_generate_uses_the_embedded_models_defaults(tmp_path, monkeypatch, capsys):
-    """No released weights: `glidekit generate` runs the embedded base CLIP-guided with the
-    embedded CLIP at EMBEDDED_SAMPLING's settings; options given win; --guidance
-    classifier-free gives GLIDE's defaults; a PNG's own guidance is repeated by --from."""
+    """No released weights: `glidekit generate` runs the embedded base with the defaults its
+    file carries (classifier-free guidance, DPM-Solver++); options given win; --guidance clip
+    adds the embedded CLIP; a PNG's own guidance is repeated by --from."""
     monkeypatch.setenv("GLIDEKIT_CACHE", str(tmp_path / "empty-cache"))
     prompt = "a small red circle in the top left on a white background"
     out = str(tmp_path / "out")
@@ -131,20 +132,21 @@ def test_generate_uses_the_embedded_models_defaults(tmp_path, monkeypatch, capsy
     assert code == 0, err
     params = data["runs"][0]
     scale = BASE_DEFAULTS["guidance_scale"]
-    assert params["pipeline"] == "clip-guided" and params["guidance"] == "clip"
+    assert params["pipeline"] == "text2image" and params["guidance"] == "classifier-free"
     assert params["guidance_scale"] == scale and params["steps"] == "3"
-    assert params["clip"].endswith(CLIP_FILE)
+    assert params["sampler"] == BASE_DEFAULTS["sampler"] and "clip" not in params
 
     code, data, err = _cli_json(capsys, "generate", prompt, "--steps", "3", "--seed", "0",
-                                "--guidance", "classifier-free", "-o", out)  # fmt: skip
+                                "--guidance", "clip", "-o", out)  # fmt: skip
     assert code == 0, err
     params = data["runs"][0]
-    assert params["pipeline"] == "text2image" and params["guidance_scale"] == 3.0
+    assert params["pipeline"] == "clip-guided" and params["guidance"] == "clip"
+    assert params["clip"].endswith(CLIP_FILE)
     png = data["images"][0]["path"]
 
     code, data, err = _cli_json(capsys, "generate", "--from", png, "-o", out)
     assert code == 0, err
-    assert data["runs"][0]["pipeline"] == "text2image"  # not switched to CLIP guidance
+    assert data["runs"][0]["pipeline"] == "clip-guided"  # not switched back to the default
 
     code, _, err = _cli_json(capsys, "generate", prompt, "--guidance", "classifier-free",
                              "--clip", "-o", out)  # fmt: skip
@@ -172,16 +174,16 @@ def test_inpaint_uses_the_embedded_models_defaults(tmp_path, monkeypatch, capsys
     assert code == 0, err
     params = data["runs"][0]
     defaults = INPAINT_DEFAULTS
-    assert params["clip_guidance_scale"] == defaults["clip_guidance_scale"]
-    assert params["guidance_scale"] == defaults["guidance_scale"]
-    assert params["clip"].endswith(CLIP_FILE)
+    assert params["guidance_scale"] == defaults["guidance_scale"] and "clip" not in params
+    assert params["sampler"] == defaults["sampler"]
     out = np.asarray(Image.open(data["images"][0]["path"]).convert("RGB"))
     assert (out[mask == 0] == np.asarray(render(scene, 32))[mask == 0]).all()
 
-    code, data, err = _cli_json(capsys, *args, "--clip-guidance-scale", "0", "-g", "5")
+    code, data, err = _cli_json(capsys, *args, "--clip-guidance-scale", "30", "-g", "5")
     assert code == 0, err
     params = data["runs"][0]
-    assert "clip" not in params and params["guidance_scale"] == 5.0
+    assert params["clip_guidance_scale"] == 30.0 and params["guidance_scale"] == 5.0
+    assert params["clip"].endswith(CLIP_FILE)
 
     code, _, err = _cli_json(capsys, *args, "--clip-guidance-scale", "-1")
     assert code == 2 and err.count("--clip-guidance-scale") == 1

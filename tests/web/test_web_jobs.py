@@ -165,32 +165,43 @@ def test_inpaint_keeps_the_unmasked_region(jobs):
 
 def test_embedded_models_sample_with_their_own_defaults(tmp_path, monkeypatch):
     """No released weights and no models named: the app serves the embedded cascade with
-    the defaults written in their files (CLIP guidance), as the command line does; PNGs sent
-    out name the CLIP without the server's path."""
+    the defaults written in their files (classifier-free guidance), as the command line does;
+    a base whose file asks for CLIP guidance gets it, and PNGs sent out name the CLIP without
+    the server's path."""
     import glidekit.models as embedded
-    from glidekit.checkpoints.modelfile import read_sampling_defaults
+    from glidekit.checkpoints.modelfile import load_unet, read_sampling_defaults, save_unet
 
     monkeypatch.setenv("GLIDEKIT_CACHE", str(tmp_path / "empty-cache"))
     app = Jobs(WebConfig(workdir=tmp_path / "work", device="cpu", upsampler="none",
                          inpaint_upsampler="none"))  # fmt: skip
     gen = read_sampling_defaults(embedded.embedded_path("base"))
     inp = read_sampling_defaults(embedded.embedded_path("base_inpaint"))
-    assert app.default("generate", "guidance") == "clip"
+    assert app.default("generate", "guidance") == "classifier-free"
     assert app.default("generate", "guidance_scale") == gen["guidance_scale"]
     assert app.default("generate", "steps") == str(gen["steps"])
+    assert app.default("generate", "sampler") == gen["sampler"]
     assert app.default("inpaint", "guidance_scale") == inp["guidance_scale"]
     out = app.generate("a large red square at the center", steps="3", seed=1, random_seed=False)
-    assert (
-        out.params["guidance"] == "clip" and out.params["guidance_scale"] == gen["guidance_scale"]
-    )
-    clip = read_png_params(out.paths[0])["clip"]
-    assert clip.endswith(embedded.EMBEDDED_FILES["clip"]) and "/" not in clip
+    assert out.params["guidance"] == "classifier-free"
+    assert out.params["guidance_scale"] == gen["guidance_scale"] and "clip" not in out.params
     picture = Image.new("RGB", (32, 32), (245, 245, 245))
     mask = Image.new("L", (32, 32), 0)
     mask.paste(255, (0, 0, 16, 16))
     out = app.inpaint(picture, mask, "a small red circle in the top left", steps="3", seed=1,
                       random_seed=False)  # fmt: skip
-    assert out.params["clip_guidance_scale"] == inp["clip_guidance_scale"]
+    assert out.params["guidance_scale"] == inp["guidance_scale"] and "clip" not in out.params
+
+    model, diffusion, tokenizer = load_unet(embedded.embedded_path("base"))
+    clip_base = tmp_path / "clip-guided-base.safetensors"
+    save_unet(clip_base, model, diffusion, tokenizer,
+              sampling={"guidance": "clip", "guidance_scale": 20.0, "steps": 250})  # fmt: skip
+    app = Jobs(WebConfig(workdir=tmp_path / "work2", device="cpu", base=str(clip_base),
+                         upsampler="none", inpaint_upsampler="none"))  # fmt: skip
+    assert app.default("generate", "guidance") == "clip"
+    out = app.generate("a large red square at the center", steps="3", seed=1, random_seed=False)
+    assert out.params["guidance"] == "clip" and out.params["guidance_scale"] == 20.0
+    clip = read_png_params(out.paths[0])["clip"]
+    assert clip.endswith(embedded.EMBEDDED_FILES["clip"]) and "/" not in clip
 
 
 def test_released_style_models_keep_glide_defaults(jobs):
