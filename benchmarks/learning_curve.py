@@ -7,8 +7,8 @@
         --out benchmarks/results/issue17-learning-curve
 
 Each ``--point IMAGES=JSON`` is a ``shapes_suite.py guidance-sweep`` (or ``agreement``) result
-of one export of the run, measured with the same command and seed; the first row of its
-results with no guidance interval is read. Writes ``OUT.md`` (a table: images seen, each
+of one export of the run, measured with the same command and seed; of its rows with no
+guidance interval, the one at ``--scale`` (3, the default scale) is read, else the first. Writes ``OUT.md`` (a table: images seen, each
 attribute, all at once) and ``OUT.png`` (the same as curves against images seen, with the
 issue's targets dashed), and prints the table.
 """
@@ -25,8 +25,8 @@ TARGETS = {"color": 0.95, "shape": 0.90, "size": 0.90, "position": 0.90, "backgr
            "all": 0.80}  # fmt: skip
 
 
-def read_point(spec: str) -> tuple[int, dict[str, float], Path]:
-    """``IMAGES=PATH`` -> (images seen, {attribute: agreement}, path)."""
+def read_point(spec: str, scale: float = 3.0) -> tuple[int, dict[str, float], Path]:
+    """``IMAGES=PATH`` -> (images seen, {attribute: agreement} at guidance ``scale``, path)."""
     images, sep, path = spec.partition("=")
     if not sep or not images.strip().isdigit():
         raise SystemExit(f"--point: expected IMAGES=JSON (e.g. 64000=run.json), got {spec!r}")
@@ -36,7 +36,8 @@ def read_point(spec: str) -> tuple[int, dict[str, float], Path]:
     except (OSError, ValueError) as exc:
         raise SystemExit(f"--point: cannot read {path!r} ({exc})") from None
     rows: list[dict[str, Any]] = data.get("results") or [data]
-    row = next((r for r in rows if not r.get("interval")), rows[0])
+    plain = [r for r in rows if not r.get("interval")] or rows
+    row = next((r for r in plain if r.get("scale") == scale), plain[0])
     agreement = row.get("agreement", row)
     missing = [a for a in ATTRIBUTES if a not in agreement]
     if missing:
@@ -48,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--point", action="append", required=True, metavar="IMAGES=JSON")
     p.add_argument("--out", type=Path, required=True, help="writes OUT.md and OUT.png")
+    p.add_argument("--scale", type=float, default=3.0, help="guidance scale to read (3)")
     args = p.parse_args(argv)
-    points = sorted(read_point(spec) for spec in args.point)
+    points = sorted(read_point(spec, args.scale) for spec in args.point)
     lines = [
         "| images seen | " + " | ".join(ATTRIBUTES) + " | source |",
         "|---|" + "---|" * (len(ATTRIBUTES) + 1),
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         ax.plot(xs, [agreement[attr] for _, agreement, _ in points], "o-", color=colour,
                 label=attr)  # fmt: skip
         ax.axhline(TARGETS[attr], color=colour, linestyle=":", linewidth=0.8)
-    ax.set_xlabel("training images seen in this run")
+    ax.set_xlabel("training images seen (from the first point's model)")
     ax.set_ylabel("agreement (classifier-free guidance)")
     ax.set_ylim(0, 1.02)
     ax.legend(loc="lower right", fontsize=8)
