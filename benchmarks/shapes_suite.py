@@ -745,6 +745,7 @@ def section_clip_vs_cfg(args: argparse.Namespace) -> int:
         )
     base_kw = sampling_kwargs(args, Text2ImagePipeline)
     base_kw.pop("guidance_scale")
+    base_kw.pop("guidance", None)  # each pipeline runs its own kind of guidance
     captions = canonical_captions(args.n, args.seed)
     rows: list[dict[str, Any]] = []
     params: dict[str, Any] = {}
