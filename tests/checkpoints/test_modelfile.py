@@ -205,9 +205,11 @@ def test_sampling_defaults_and_extra_metadata(tmp_path):
 
 def test_the_embedded_models_carry_their_sampling_defaults():
     base = read_sampling_defaults(MODELS_DIR / "shapes-base.safetensors")
-    assert base == {"guidance": "clip", "guidance_scale": 20.0, "steps": 250}
+    fast = {"guidance_scale": 3.0, "steps": "karras25", "sampler": "dpm++2m",
+            "upsample_steps": "6", "upsample_sampler": "dpm++2m"}  # fmt: skip
+    assert base == {"guidance": "classifier-free", **fast}  # GLIDE's guidance (issue 17)
     inpaint = read_sampling_defaults(MODELS_DIR / "shapes-base-inpaint.safetensors")
-    assert inpaint == {"guidance_scale": 3.0, "clip_guidance_scale": 30.0, "steps": 100}
+    assert inpaint == fast
     assert read_sampling_defaults(MODELS_DIR / "shapes-upsample.safetensors") == {}
     assert is_clip_file(MODELS_DIR / "shapes-clip.safetensors")
     clip = load_clip(MODELS_DIR / "shapes-clip.safetensors")
