@@ -8,8 +8,8 @@
 
 Each ``--point IMAGES=JSON`` is a ``shapes_suite.py guidance-sweep`` (or ``agreement``) result
 of one export of the run, measured with the same command and seed; of its rows with no
-guidance interval, the one at ``--scale`` (3, the default scale) is read, else the first. Writes ``OUT.md`` (a table: images seen, each
-attribute, all at once) and ``OUT.png`` (the same as curves against images seen, with the
+guidance interval, the one at ``--scale`` (3, the default scale) is read, else the first.
+Writes ``OUT.md`` (a table: images seen, each attribute, all at once) and ``OUT.png`` (the same as curves against images seen, with the
 issue's targets dashed), and prints the table.
 """
 

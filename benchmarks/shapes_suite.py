@@ -17,8 +17,8 @@ Every section prints a Markdown table on stdout (progress goes to the log on std
 settings. ``agreement`` and ``inpaint`` sample as ``glidekit generate`` / ``glidekit inpaint``
 do by default: for a model file that carries sampling defaults (the embedded shapes models:
 classifier-free guidance with DPM-Solver++ since issue 17), those; for other models (or with
-``--classifier-free``) the pipelines' own defaults (100 ancestral steps; classifier-free guidance 3.0, inpainting 5.0);
-options given win. The other sections use the pipelines' defaults. ``--model`` defaults to
+``--classifier-free``) the pipelines' own defaults (100 ancestral steps; classifier-free
+guidance 3.0, inpainting 5.0); options given win. The other sections use the pipelines' defaults. ``--model`` defaults to
 the embedded ``glidekit/models/shapes-base.safetensors`` (inpainting:
 ``shapes-base-inpaint.safetensors``). All runs are seeded: the same command gives the same
 captions and pictures (for the same ``--batch``: one random generator serves each batch).

@@ -390,7 +390,8 @@ class Jobs:
     def describe(self) -> str:
         """The models and limits, as Markdown for the page."""
         lines = ["**Models**:"]
-        for role, (label, kind) in self.models().items():
+        models = self.models()
+        for role, (label, kind) in models.items():
             shown = Path(label).name if label and kind != "released GLIDE weights" else label
             lines.append(f"- {role}: `{shown}` ({kind})" if label else f"- {role}: none")
         if self.default("generate", "guidance") == "clip":
@@ -398,7 +399,7 @@ class Jobs:
                 "\nThe base is guided by a CLIP (its model file's default): the guidance scale "
                 "is the CLIP's."
             )
-        if any(kind == "embedded demo model" for _, kind in self.models().values()):
+        if any(kind == "embedded demo model" for _, kind in models.values()):
             lines.append(
                 "\nThe embedded shapes models know only the shapes world's words: one circle, "
                 "square or triangle, small or large, its colour, place and background."
